@@ -1,0 +1,1 @@
+"""KServe predictors: embedding and LLM generation."""

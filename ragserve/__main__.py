@@ -1,0 +1,5 @@
+import sys
+
+from ragserve.cli import main
+
+sys.exit(main())

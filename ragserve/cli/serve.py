@@ -1,0 +1,53 @@
+"""``ragserve serve COMPONENT [--setting value ...]``: run one KServe server.
+
+Flags are generated from the component's settings class, so every flag is
+also an env var (``RAGSERVE_<COMPONENT>_<FIELD>``) and KServe's own
+``--model_name`` / ``--http_port`` / ``--predictor_host`` spellings work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# component -> (module, settings class, server factory)
+COMPONENTS: dict[str, tuple[str, str, str]] = {
+    "embedding": ("ragserve.predictors.embedding", "EmbeddingSettings", "create_server"),
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run a predictor or transformer server",
+        description="Run one ragserve component as a KServe server (V1/V2 REST, V2 gRPC, OpenAI routes).",
+    )
+    p.add_argument("component", choices=sorted(COMPONENTS), help="which component to serve")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="component settings; see `ragserve serve COMPONENT --help`")
+    p.set_defaults(func=run)
+
+
+def component_parser(component: str):
+    from ragserve.settings import add_settings_arguments
+
+    module_name, settings_name, _ = COMPONENTS[component]
+    settings_cls = getattr(importlib.import_module(module_name), settings_name)
+    parser = argparse.ArgumentParser(
+        prog=f"ragserve serve {component}",
+        description=(settings_cls.__doc__ or "").strip(),
+    )
+    add_settings_arguments(parser, settings_cls)
+    return parser, settings_cls
+
+
+def run(args) -> int:
+    from ragserve.server import configure_logging
+    from ragserve.settings import settings_from_args
+
+    parser, settings_cls = component_parser(args.component)
+    settings = settings_from_args(settings_cls, parser.parse_args(args.options))
+    configure_logging(settings.log_level)
+    module_name, _, factory = COMPONENTS[args.component]
+    server = getattr(importlib.import_module(module_name), factory)(settings)
+    server.run()
+    return 0

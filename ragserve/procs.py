@@ -1,0 +1,122 @@
+"""Child server processes on loopback: start, wait for readiness, stop.
+
+Used by ``ragserve up``, the benchmarks and the tests, so all three start
+servers exactly the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """One ``python -m ragserve serve ...`` (or any command) child process."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        ready_url: str,
+        env: dict[str, str] | None = None,
+        log_path: str | Path | None = None,
+        name: str = "server",
+    ):
+        self.args = list(args)
+        self.ready_url = ready_url
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = Path(log_path) if log_path else None
+        self.name = name
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    @classmethod
+    def ragserve(cls, component: str, *options: str, http_port: int, grpc_port: int | None = None, **kw):
+        args = [sys.executable, "-m", "ragserve", "serve", component, "--http-port", str(http_port)]
+        if grpc_port is None:
+            args += ["--enable-grpc", "false"]
+        else:
+            args += ["--grpc-port", str(grpc_port)]
+        args += list(options)
+        return cls(args, ready_url=f"http://127.0.0.1:{http_port}/v2/health/ready", name=component, **kw)
+
+    def start(self) -> ServerProcess:
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.args,
+            env=self.env,
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
+            start_new_session=True,  # our own process group: a stop takes its children too
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Block until the ready URL answers 200; returns seconds waited."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before ready{self._log_tail()}")
+            try:
+                if httpx.get(self.ready_url, timeout=1.0).status_code == 200:
+                    return time.monotonic() - start
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 30) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n--- " + str(self.log_path) + " ---\n" + "\n".join(tail)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (fault injection)."""
+        if self.alive:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

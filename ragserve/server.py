@@ -1,0 +1,249 @@
+"""App factory and runner for ragserve's KServe servers.
+
+KServe's ``ModelServer`` binds 0.0.0.0, builds a global app at import and reads
+``sys.argv``. We keep KServe's data plane, V1/V2 routes and gRPC servicer, and
+compose them ourselves: :func:`build_app` returns a FastAPI app tests can drive
+in-process, :class:`ModelServer` runs it with uvicorn and gRPC on the host from
+settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent import futures
+
+import grpc
+import orjson
+from cloudevents.sdk.converters.util import has_binary_headers
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from prometheus_client import REGISTRY, exposition
+
+from .errors import PayloadTooLarge, RagserveError, classify, error_payload
+from .kserve_compat import (
+    DataPlane,
+    InferenceError,
+    InvalidInput,
+    Model,
+    ModelRepository,
+    ModelRepositoryExtension,
+    kserve,
+)
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER  # noqa: E402 (after kserve_compat)
+from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor  # noqa: E402
+from kserve.protocol.rest.v2_datamodels import InferenceRequest  # noqa: E402
+from .openai.router import build_openai_router
+from .limits import BodySizeLimitMiddleware, ConcurrencyLimitMiddleware
+from .settings import ServingSettings
+
+logger = logging.getLogger("ragserve")
+
+
+class RagserveDataPlane(DataPlane):
+    """KServe's data plane, except that an undecodable body is always the client's fault.
+
+    KServe raises ``InferenceError`` (a 500) when, for example, binary BYTES
+    input is not UTF-8, and rejects JSON sent without a JSON content type
+    (``curl -d``). Decoding can only fail because of the request: 400.
+    """
+
+    def decode(self, body, headers, protocol_version="v1", model_name=None):
+        if isinstance(body, (bytes, bytearray)) and not _is_binary_extension(headers) and not _is_cloudevent(headers):
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+            if protocol_version == "v2":
+                if not isinstance(parsed, dict):
+                    raise InvalidInput("V2 request body must be a JSON object with 'inputs'")
+                body = InferenceRequest.model_validate(parsed)
+            else:
+                body = parsed
+        try:
+            return super().decode(body, headers, protocol_version, model_name)
+        except InvalidInput:
+            raise
+        except (InferenceError, KeyError, ValueError, TypeError) as exc:
+            raise InvalidInput(f"could not decode request: {exc}") from exc
+
+
+def _is_binary_extension(headers) -> bool:
+    return bool(headers) and INFERENCE_CONTENT_LENGTH_HEADER in {k.lower() for k in headers}
+
+
+def _is_cloudevent(headers) -> bool:
+    # A binary CloudEvent carries its data raw; KServe decodes it itself.
+    return bool(headers) and has_binary_headers(headers)
+
+
+def error_response(request: Request, exc: BaseException) -> JSONResponse:
+    info, body = error_payload(exc, request.url.path)
+    if info.status_code >= 500 and not isinstance(exc, RagserveError):
+        logger.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    else:
+        logger.info("%s %s -> %d: %s", request.method, request.url.path, info.status_code, info.message)
+    return JSONResponse(status_code=int(info.status_code), content=body)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(request, exc)
+
+    for exc_type in (
+        RagserveError,
+        RequestValidationError,
+        ValidationError,
+        InvalidInput,
+        kserve.errors.ModelNotFound,
+        kserve.errors.ModelNotReady,
+        kserve.errors.ServerNotReady,
+        kserve.errors.ServerNotLive,
+        kserve.errors.UnsupportedProtocol,
+        InferenceError,
+        NotImplementedError,
+        Exception,
+    ):
+        app.add_exception_handler(exc_type, handler)
+
+
+async def _metrics(request: Request) -> Response:
+    encoder, content_type = exposition.choose_encoder(request.headers.get("accept"))
+    return Response(content=encoder(REGISTRY), headers={"content-type": content_type})
+
+
+def build_app(
+    repository: ModelRepository,
+    settings: ServingSettings,
+    routers: Sequence = (),
+) -> FastAPI:
+    """Build the REST app: KServe V1/V2 routes, OpenAI routes, /metrics, extra routers, one error mapping."""
+    from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
+    from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
+
+    app = FastAPI(title="ragserve", version=kserve_version(), docs_url=None, redoc_url=None)
+    dataplane = RagserveDataPlane(model_registry=repository)
+    extension = ModelRepositoryExtension(model_registry=repository)
+    app.state.dataplane = dataplane
+    app.state.repository = repository
+    app.state.settings = settings
+    app.add_api_route("/", dataplane.live, methods=["GET"])
+    app.add_api_route("/metrics", _metrics, methods=["GET"])
+    register_v1_endpoints(app, dataplane, extension)
+    register_v2_endpoints(app, dataplane, extension)
+    # Served for every model that implements an OpenAI capability (see ragserve.openai).
+    app.include_router(build_openai_router(repository))
+    for router in routers:
+        app.include_router(router)
+    _install_error_handlers(app)
+    # Outermost first: size is checked before a request takes a concurrency slot.
+    app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_concurrent_requests)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, error=PayloadTooLarge)
+    return app
+
+
+def kserve_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("kserve")
+
+
+class _GrpcErrorInterceptor(ExceptionToStatusInterceptor):
+    """KServe's interceptor, with ragserve's errors mapped through the same table as REST."""
+
+    async def handle_exception(self, ex, request_or_iterator, context, method_name):
+        if isinstance(ex, RagserveError):
+            logger.info("grpc %s -> %s: %s", method_name, ex.grpc_code.name, ex.message)
+            await context.abort(ex.grpc_code, ex.message)
+        if isinstance(ex, (InferenceError, InvalidInput)):
+            info = classify(InvalidInput(str(ex)))
+            await context.abort(info.grpc_code, info.message)
+        await super().handle_exception(ex, request_or_iterator, context, method_name)
+
+
+def build_grpc_server(repository: ModelRepository, settings: ServingSettings) -> grpc.aio.Server:
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+    from kserve.protocol.grpc.servicer import InferenceServicer
+
+    dataplane = RagserveDataPlane(model_registry=repository)
+    servicer = InferenceServicer(dataplane, ModelRepositoryExtension(model_registry=repository))
+    server = grpc.aio.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        interceptors=(_GrpcErrorInterceptor(),),
+        options=[
+            ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
+            ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    bound = server.add_insecure_port(f"{host}:{settings.grpc_port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC to {settings.host}:{settings.grpc_port}")
+    return server
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("ragserve", "kserve", "uvicorn"):
+        logging.getLogger(name).setLevel(level.upper())
+    # KServe logs one "trace" line per request at INFO; keep it for debug.
+    logging.getLogger("kserve.trace").setLevel("WARNING" if level != "debug" else "DEBUG")
+
+
+class ModelServer:
+    """Serve loaded models over REST (uvicorn) and gRPC on ``settings.host``.
+
+    Models must be loaded (``ready``) before :meth:`run`, as KServe requires.
+    """
+
+    def __init__(self, models: Sequence[Model], settings: ServingSettings, routers: Sequence = ()):
+        self.settings = settings
+        self.models = list(models)
+        self.repository = ModelRepository()
+        for model in self.models:
+            if not model.ready:
+                raise RuntimeError(f"model {model.name!r} is not loaded; call load() before serving")
+            self.repository.update(model)
+        self.app = build_app(self.repository, settings, routers)
+
+    async def serve(self) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.host,
+            port=self.settings.http_port,
+            log_config=None,
+            access_log=self.settings.log_level == "debug",
+            timeout_keep_alive=65,
+            timeout_graceful_shutdown=10,
+        )
+        rest = uvicorn.Server(config)
+        grpc_server = None
+        if self.settings.enable_grpc:
+            grpc_server = build_grpc_server(self.repository, self.settings)
+            await grpc_server.start()
+        for model in self.models:
+            model.start()
+        logger.info(
+            "serving %s on http://%s:%d%s",
+            ", ".join(m.name for m in self.models),
+            self.settings.host,
+            self.settings.http_port,
+            f" and grpc {self.settings.host}:{self.settings.grpc_port}" if grpc_server else "",
+        )
+        try:
+            await rest.serve()
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
+            for model in self.models:
+                model.stop()
+
+    def run(self) -> None:
+        asyncio.run(self.serve())

@@ -1,0 +1,112 @@
+"""Reading and writing V2 (Open Inference Protocol) tensors with named errors.
+
+REST JSON delivers BYTES elements as ``str``; REST binary extension and gRPC as
+``bytes``. These helpers accept both and turn every malformed tensor into a
+:class:`~ragserve.errors.BadRequest` that names the input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import BadRequest, PayloadTooLarge
+from .kserve_compat import InferOutput, InferRequest, InferResponse
+
+
+def request_parameters(request: InferRequest) -> dict[str, Any]:
+    """Request-level ``parameters`` as a plain dict, from REST or gRPC."""
+    params = request.parameters
+    if not params:
+        return {}
+    out: dict[str, Any] = {}
+    for key, val in params.items():
+        if hasattr(val, "WhichOneof"):  # gRPC InferParameter
+            kind = val.WhichOneof("parameter_choice")
+            out[key] = getattr(val, kind) if kind else None
+        else:
+            out[key] = val
+    return out
+
+
+def _elements(inp) -> list:
+    if getattr(inp, "_raw_data", None) is not None:
+        return list(inp.as_numpy().reshape(-1))
+    data = inp.data
+    if data is None:
+        return []
+    if isinstance(data, np.ndarray):
+        return list(data.reshape(-1))
+    return list(data)
+
+
+def text_input(request: InferRequest, name: str, *, max_items: int | None = None) -> list[str]:
+    """The BYTES input ``name`` of shape ``[N]`` (or ``[N, 1]``) as a list of str."""
+    names = [i.name for i in request.inputs]
+    matches = [i for i in request.inputs if i.name == name]
+    if not matches:
+        raise BadRequest(f"input '{name}' is required (got inputs {names})", param=name)
+    if len(matches) > 1:
+        raise BadRequest(f"input '{name}' is given more than once", param=name)
+    inp = matches[0]
+    if inp.datatype != "BYTES":
+        raise BadRequest(f"input '{name}' must have datatype BYTES, got {inp.datatype}", param=name)
+    shape = list(inp.shape)
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or any(d < 0 for d in shape):
+        raise BadRequest(f"input '{name}' must have shape [N] or [N, 1], got {shape}", param=name)
+    values = _elements(inp)
+    if len(values) != math.prod(shape):
+        raise BadRequest(
+            f"input '{name}' has shape {shape} but {len(values)} elements", param=name
+        )
+    if not values:
+        raise BadRequest(f"input '{name}' is empty: send at least one text", param=name)
+    if max_items is not None and len(values) > max_items:
+        raise PayloadTooLarge(
+            f"input '{name}' has {len(values)} texts, over the limit of {max_items} per request", param=name
+        )
+    return [as_text(v, f"{name}[{i}]") for i, v in enumerate(values)]
+
+
+def as_text(value: Any, where: str) -> str:
+    """Decode one BYTES element; non-UTF-8 is the client's error, named by position."""
+    if isinstance(value, (bytes, bytearray, np.bytes_)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"{where} is not valid UTF-8 ({exc.reason} at byte {exc.start})", param=where) from None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")  # lone surrogates from JSON escapes
+        except UnicodeEncodeError:
+            raise BadRequest(f"{where} is not valid UTF-8 (lone surrogate)", param=where) from None
+        return value
+    raise BadRequest(f"{where} must be a string, got {type(value).__name__}", param=where)
+
+
+def bytes_output(name: str, values: Sequence[str], *, parameters: Mapping | None = None) -> InferOutput:
+    out = InferOutput(name=name, shape=[len(values)], datatype="BYTES", parameters=dict(parameters or {}))
+    out.set_data_from_numpy(np.array([v.encode("utf-8") for v in values], dtype=np.object_), binary_data=False)
+    return out
+
+
+def fp32_output(name: str, array: np.ndarray) -> InferOutput:
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    out = InferOutput(name=name, shape=list(array.shape), datatype="FP32")
+    out.set_data_from_numpy(array, binary_data=False)
+    return out
+
+
+def make_response(request: InferRequest, model_name: str, outputs: list[InferOutput], **kw) -> InferResponse:
+    """An InferResponse that answers gRPC in raw (binary) form, which tritonclient.grpc requires."""
+    return InferResponse(
+        response_id=request.id or "",
+        model_name=model_name,
+        infer_outputs=outputs,
+        use_binary_outputs=request.use_binary_outputs or request.from_grpc,
+        requested_outputs=request.request_outputs,
+        **kw,
+    )
