@@ -1,7 +1,8 @@
-"""``EmbeddingPredictor``: sentence-transformers behind KServe V1/V2 and OpenAI embeddings."""
+"""``EmbeddingPredictor``: a sentence-transformers model behind KServe V1/V2 and OpenAI embeddings."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Literal
 
@@ -10,6 +11,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from ragserve.batching import AdaptiveBatcher
+from ragserve.predictors.encoders import load_encoder
 from ragserve.errors import BadRequest, PayloadTooLarge
 from ragserve.kserve_compat import InferRequest, InferResponse, Model
 from ragserve.model_assets import PACKAGED_EMBEDDING, resolve_embedding_model
@@ -58,6 +60,10 @@ class EmbeddingSettings(ServingSettings):
     max_batch_tokens: int = Field(8192, gt=0)
     """Padded-token budget of one forward pass; texts are grouped by length to stay under it."""
 
+    pass_overhead_tokens: int = Field(32, ge=0)
+    """Fixed cost of one forward pass, in padded tokens: the length grouping splits a merged
+    batch into passes of similar length when the padding it saves is worth more than this."""
+
     torch_threads: int = Field(0, ge=0)
     """torch intra-op threads (0 = torch's default)."""
 
@@ -78,15 +84,13 @@ class EmbeddingPredictor(Model):
         self.settings = settings
         self.dimension: int | None = None
         self.max_seq_length: int | None = None
-        self._model = None
+        self._encoder = None
         self._tokenizer = None
         self._batcher: AdaptiveBatcher | None = None
 
     # -- lifecycle -------------------------------------------------------
     def load(self) -> bool:
         import torch
-        from sentence_transformers import SentenceTransformer
-        from sentence_transformers.models import Normalize
 
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
@@ -94,24 +98,20 @@ class EmbeddingPredictor(Model):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         path = resolve_embedding_model(self.settings.model)
-        model = SentenceTransformer(path, device=device)
-        # Normalization is per request (a V2 parameter), so it runs after the
-        # shared forward pass, not inside it.
-        for idx in [k for k, module in model._modules.items() if isinstance(module, Normalize)]:
-            del model._modules[idx]
-        if self.settings.max_seq_length:
-            model.max_seq_length = self.settings.max_seq_length
-        model.eval()
-        self._model = model
-        self._tokenizer = model.tokenizer
-        self.max_seq_length = int(model.max_seq_length)
-        self.dimension = int(model.encode(["warm up"], convert_to_numpy=True).shape[1])
+        self._encoder = load_encoder(path, device, self.settings.max_seq_length)
+        # A fast tokenizer is not thread-safe (each call resets its padding and
+        # truncation state), and the forward pass tokenizes on the batcher's
+        # thread: requests count tokens on their own copy.
+        self._tokenizer = copy.deepcopy(self._encoder.tokenizer)
+        self.max_seq_length = self._encoder.max_seq_length
+        self.dimension = int(self._encoder.encode(["warm up"]).shape[1])
         self._batcher = AdaptiveBatcher(
-            self._forward,
+            self._encoder.encode,
             model_name=self.name,
             max_batch_size=self.settings.max_batch_size,
             max_latency_ms=self.settings.max_latency_ms,
             max_batch_tokens=self.settings.max_batch_tokens,
+            pass_overhead_tokens=self.settings.pass_overhead_tokens,
             enabled=self.settings.batching,
         )
         logger.info("loaded %s on %s: dim=%d max_seq_length=%d", path, device, self.dimension, self.max_seq_length)
@@ -131,11 +131,6 @@ class EmbeddingPredictor(Model):
         return [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, self.dimension or -1]}]
 
     # -- the shared path ----------------------------------------------------
-    def _forward(self, texts: list[str]) -> np.ndarray:
-        return self._model.encode(
-            texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=False, show_progress_bar=False
-        )
-
     def count_tokens(self, texts: list[str]) -> list[int]:
         ids = self._tokenizer(texts, add_special_tokens=True, return_attention_mask=False, verbose=False)["input_ids"]
         return [len(x) for x in ids]

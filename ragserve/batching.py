@@ -3,7 +3,7 @@
 Requests are queued; one worker takes whatever is waiting (up to
 ``max_batch_size`` items, waiting at most ``max_latency_ms`` for peers when the
 model is idle), sorts the items by length and cuts them into forward passes
-whose padded size stays under ``max_batch_tokens``, runs them in a worker
+that minimize padded work (under ``max_batch_tokens``), runs them in a worker
 thread, and hands each request back exactly its own results. Per-request
 options never enter the batch: callers apply them to their own slice, so
 merging cannot mix one client's parameters into another's (MLServer#1541).
@@ -32,24 +32,41 @@ class _Request(Generic[Item]):
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-def plan_forward_passes(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
-    """Group item indices by length into passes with ``count * longest <= max_batch_tokens``.
+def plan_forward_passes(
+    lengths: Sequence[int],
+    max_batch_tokens: int,
+    max_batch_size: int,
+    pass_overhead_tokens: int = 32,
+) -> list[list[int]]:
+    """Split items into forward passes of similar length, minimizing padded work.
 
-    Sorting first means short texts are never padded to the longest one in the
-    merged batch; a single item longer than the budget still gets its own pass.
+    A pass of ``n`` items padded to its longest item ``L`` costs about
+    ``pass_overhead_tokens + n * L`` token-steps. Items are sorted by length and
+    cut into contiguous groups that minimize the total (an exact dynamic
+    program over at most ``max_batch_size`` items per group), subject to
+    ``n <= max_batch_size`` and ``n * L <= max_batch_tokens`` (a single item
+    longer than the budget still gets its own pass). Merging many short
+    requests with one long one thus never pads the short ones to its length.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sorted_lengths = [max(1, lengths[i]) for i in order]
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cheapest plan for the first j items
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = sorted_lengths[j - 1]
+        for size in range(1, min(max_batch_size, j) + 1):
+            if size > 1 and size * longest > max_batch_tokens:
+                break
+            cost = best[j - size] + pass_overhead_tokens + size * longest
+            if cost < best[j]:
+                best[j], cut[j] = cost, j - size
     passes: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = lengths[i]  # ascending order: the newest item is the longest
-        if current and ((len(current) + 1) * longest > max_batch_tokens or len(current) >= max_batch_size):
-            passes.append(current)
-            current = []
-        current.append(i)
-    if current:
-        passes.append(current)
-    return passes
+    j = n
+    while j > 0:
+        passes.append(order[cut[j] : j])
+        j = cut[j]
+    return passes[::-1]
 
 
 class AdaptiveBatcher(Generic[Item, Result]):
@@ -67,6 +84,7 @@ class AdaptiveBatcher(Generic[Item, Result]):
         max_batch_size: int = 32,
         max_latency_ms: float = 5.0,
         max_batch_tokens: int = 8192,
+        pass_overhead_tokens: int = 32,
         enabled: bool = True,
     ):
         self._forward = forward
@@ -74,6 +92,7 @@ class AdaptiveBatcher(Generic[Item, Result]):
         self.max_batch_size = max_batch_size
         self.max_latency = max_latency_ms / 1000.0
         self.max_batch_tokens = max_batch_tokens
+        self.pass_overhead_tokens = pass_overhead_tokens
         self.enabled = enabled
         self._queue: asyncio.Queue[_Request] | None = None
         self._carry: _Request | None = None
@@ -158,7 +177,9 @@ class AdaptiveBatcher(Generic[Item, Result]):
 
     def _run_passes(self, items: list[Item], lengths: list[int]) -> list[Any]:
         results: list[Any] = [None] * len(items)
-        for indices in plan_forward_passes(lengths, self.max_batch_tokens, self.max_batch_size):
+        for indices in plan_forward_passes(
+            lengths, self.max_batch_tokens, self.max_batch_size, self.pass_overhead_tokens
+        ):
             BATCH_SIZE.labels(self.model_name).observe(len(indices))
             outputs = self._forward([items[i] for i in indices])
             for i, out in zip(indices, outputs):
