@@ -18,6 +18,20 @@ from pathlib import Path
 import httpx
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM us when our parent dies.
+
+    Children live in their own session (so Ctrl-C reaches only the parent,
+    which stops them in order); this guarantees no orphans even when the
+    parent is SIGKILLed.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -64,6 +78,7 @@ class ServerProcess:
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
             start_new_session=True,  # our own process group: a stop takes its children too
+            preexec_fn=_die_with_parent,
         )
         return self
 
