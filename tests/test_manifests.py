@@ -1,0 +1,260 @@
+"""The manifests in inferenceservices/: every overlay and component renders
+and validates against the real KServe CRDs (../shared/reference); each
+deliberately broken bundle in fixtures/broken_manifests fails with a message
+naming the object and the field."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from ragserve.cli import main
+from ragserve.manifests import ManifestError
+from ragserve.manifests.crds import KSERVE_RELEASE, crd_catalog, download_crds
+from ragserve.manifests.render import render
+from ragserve.manifests.schema import to_jsonschema
+
+REPO = Path(__file__).resolve().parent.parent
+CRDS = REPO.parent / "shared" / "reference" / "kserve-crds"
+MANIFESTS = REPO / "inferenceservices"
+BROKEN = Path(__file__).resolve().parent / "fixtures" / "broken_manifests"
+
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="rendering needs kubectl (built-in kustomize)")
+
+
+def validate(capsys, *args) -> tuple[int, str]:
+    rc = main(["validate", *map(str, args), "--crd-dir", str(CRDS)])
+    out = capsys.readouterr()
+    return rc, out.out + out.err
+
+
+def kustomization(tmp_path: Path, resource: Path, components: list[str]) -> Path:
+    """A throwaway overlay; kustomize accepts only relative paths to other kustomizations."""
+    rel = lambda p: os.path.relpath(p, tmp_path)  # noqa: E731
+    comps = ", ".join(rel(MANIFESTS / "components" / c) for c in components)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{rel(resource)}]\ncomponents: [{comps}]\n"
+    )
+    return tmp_path
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ["local", "dev", "prod"])
+def test_overlay_renders_and_validates_clean(capsys, overlay):
+    rc, out = validate(capsys, "--overlay", overlay)
+    assert rc == 0, out
+    assert "0 errors, 0 warnings" in out, out
+
+
+@needs_kubectl
+def test_every_overlay_is_validated_by_default(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    rc, out = validate(capsys)
+    assert rc == 0, out
+    assert sorted(re.findall(r"overlays/(\w+): \d+ objects", out)) == ["dev", "local", "prod"]
+
+
+@needs_kubectl
+def test_ingest_job_validates_clean(capsys):
+    rc, out = validate(capsys, MANIFESTS / "jobs")
+    assert rc == 0 and "0 errors, 0 warnings" in out, out
+
+
+COMBINATIONS = [
+    ["gpu"],
+    ["gpu", "gpu-mig"],
+    ["gpu-timeslice"],
+    ["scale-to-zero"],
+    ["gpu", "scale-to-zero", "canary"],
+    ["model-pvc"],
+    ["standard-mode"],
+    ["standard-mode", "scale-to-zero", "canary/standard"],
+    ["mesh"],
+]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("components", COMBINATIONS, ids="+".join)
+def test_component_validates_clean(capsys, tmp_path, components):
+    rc, out = validate(capsys, kustomization(tmp_path, MANIFESTS / "overlays" / "dev", components))
+    assert rc == 0, out
+    # only kinds without a Kubernetes schema (Istio's) may warn
+    assert all("PeerAuthentication" in line for line in out.splitlines() if "warning:" in line), out
+
+
+@needs_kubectl
+def test_knative_canary_is_rejected_in_standard_mode(capsys, tmp_path):
+    rc, out = validate(capsys, kustomization(tmp_path, MANIFESTS / "overlays" / "dev", ["standard-mode", "canary"]))
+    assert rc == 1
+    assert "InferenceService/rag: spec.predictor.canaryTrafficPercent: only Knative mode" in out
+
+
+BROKEN_CASES = {
+    "typo_field": "InferenceService/rag: spec.predictor.minReplica: unknown field",
+    "bad_router_type": "InferenceGraph/rag-graph: spec.nodes.root.routerType: 'Broadcast' is not one of",
+    "splitter_weights": "InferenceGraph/rag-graph: spec.nodes.root.steps: Splitter weights [60, 30] add up to 90",
+    "scale_metric_qps": "InferenceService/embedder: spec.predictor.scaleMetric: 'qps' is not one of",
+    "canary_150": "InferenceService/rag: spec.predictor.canaryTrafficPercent: 150 is not a percentage",
+    "gpu_request_without_limit": "InferenceService/embedder: spec.predictor.model.resources.limits.nvidia.com/gpu: GPU request without limit",
+    "missing_security_context": "InferenceService/rag: spec.transformer.containers[0].securityContext.",
+    "graph_unknown_service": "InferenceGraph/rag-graph: spec.nodes.root.steps[0].serviceName: no InferenceService 'embeder'",
+    "graph_without_root": "InferenceGraph/rag-graph: spec.nodes.root: missing",
+    "two_implementations": "InferenceService/embedder: spec.predictor: exactly one predictor implementation",
+    "standard_mode_hpa_min_zero": "InferenceService/embedder: spec.predictor.minReplicas: 0 in Standard mode",
+    "mig_without_annotation": "InferenceService/embedder: metadata.annotations.serving.kserve.io/gpu-resource-types: must list 'nvidia.com/mig-1g.10gb'",
+    "gpu_scale_to_zero_without_progress_deadline": "InferenceService/rag: spec.predictor.annotations: a GPU predictor scaling from zero needs serving.knative.dev/progress-deadline",
+    "scale_to_zero_process_readiness": "InferenceService/embedder: spec.predictor.model.readinessProbe: /v2/health/ready (set by ServingRuntime ragserve-embedding)",
+    "bad_quantity": "InferenceService/embedder: spec.predictor.model.resources.limits.memory: '2Gx' is not a Kubernetes quantity",
+    "standard_canary_without_model_name": "InferenceService/rag: spec.canary[0].predictor.model.name: required field is missing",
+    "unpinned_image": "InferenceService/rag: spec.transformer.containers[0].image: 'ghcr.io/ragserve/rag-transformer:latest' is not pinned",
+    "secret_with_values.yaml": "Secret/ragserve-milvus: stringData: Secret values do not belong in the bundle",
+}
+
+
+def test_every_broken_fixture_has_an_expectation():
+    assert sorted(p.name for p in BROKEN.iterdir()) == sorted(BROKEN_CASES)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("case", sorted(BROKEN_CASES))
+def test_broken_manifest_fails_naming_the_field(capsys, case):
+    rc, out = validate(capsys, BROKEN / case)
+    assert rc == 1, out
+    errors = [line for line in out.splitlines() if ": error: " in line]
+    assert errors, out
+    # every error is the planted one: the rest of the bundle stays valid
+    expected = BROKEN_CASES[case]
+    where = expected.split(": ", 2)[0] + ": " + expected.split(": ", 2)[1]
+    assert all(where in line for line in errors), out
+    assert any(expected in line for line in errors), out
+
+
+@needs_kubectl
+def test_cli_exit_codes_in_a_real_process():
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "ragserve", "validate", *map(str, a), "--crd-dir", str(CRDS)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    broken = run(BROKEN / "canary_150")
+    assert broken.returncode == 1
+    assert "spec.predictor.canaryTrafficPercent" in broken.stdout
+    missing = run(BROKEN / "no_such_overlay")
+    assert missing.returncode == 2 and "no such file or directory" in missing.stderr
+
+
+def test_crds_are_downloaded_once_and_cached(tmp_path, monkeypatch):
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(CRDS), **kw)
+
+        def log_message(self, fmt, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("RAGSERVE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("RAGSERVE_CRD_BASE_URL", f"http://127.0.0.1:{server.server_port}/")
+    try:
+        folder = download_crds("v0.0-test")
+        assert folder == tmp_path / "crds" / "v0.0-test"
+        assert len(requests) == 4
+        catalog = crd_catalog(None, "v0.0-test")
+        assert catalog.schema("serving.kserve.io/v1beta1", "InferenceService")
+        assert len(requests) == 4, "a cached release is not downloaded again"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_unreachable_crd_download_names_the_way_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGSERVE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("RAGSERVE_CRD_BASE_URL", "http://127.0.0.1:9/")
+    with pytest.raises(ManifestError, match="--crd-dir"):
+        download_crds("v0.0-offline")
+
+
+def test_pinned_kserve_release_matches_the_sdk_pin():
+    pin = re.search(r'"kserve==([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    assert KSERVE_RELEASE == f"v{pin}"
+
+
+def test_structural_schema_rejects_unknown_fields_like_kubectl_apply():
+    schema = to_jsonschema({
+        "type": "object",
+        "properties": {
+            "open": {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": {"a": {"type": "string"}}},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "port": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]},
+            "bare": {"x-kubernetes-int-or-string": True},
+            "maybe": {"type": "string", "nullable": True},
+        },
+    })
+    assert schema["additionalProperties"] is False
+    assert "additionalProperties" not in schema["properties"]["open"]
+    assert schema["properties"]["labels"]["additionalProperties"] == {"type": "string"}
+    assert schema["properties"]["bare"]["anyOf"] == [{"type": "integer"}, {"type": "string"}]
+    assert schema["properties"]["maybe"]["type"] == ["string", "null"]
+
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    assert not list(validator.iter_errors({"open": {"x": 1}, "labels": {"k": "v"}, "port": "http", "bare": 8080, "maybe": None}))
+    assert [e.message for e in validator.iter_errors({"typo": 1})] == ["Additional properties are not allowed ('typo' was unexpected)"]
+
+
+# -- the local overlay is what `ragserve up` will run --------------------------------
+
+
+@needs_kubectl
+def test_local_overlay_runs_as_plain_ragserve_processes(monkeypatch):
+    from ragserve.cli.serve import COMPONENTS, component_parser
+    from ragserve.manifests.processes import local_processes
+    from ragserve.settings import settings_from_args
+
+    settings = {}
+    for proc in local_processes(render(MANIFESTS / "overlays" / "local")):
+        assert proc.argv[:4] == ["python", "-m", "ragserve", "serve"], proc
+        component = proc.argv[4]
+        assert component in COMPONENTS, f"{proc.name}: `ragserve serve {component}` does not exist"
+        parser, cls = component_parser(component)
+        prefix = cls.model_config["env_prefix"]
+        unknown = [k for k in proc.env if k.startswith(prefix) and k[len(prefix):].lower() not in cls.model_fields]
+        assert not unknown, f"{proc.name}: settings {cls.__name__} has no fields for {unknown}"
+        with monkeypatch.context() as env:
+            for key, value in proc.env.items():
+                env.setenv(key, value)
+            settings[proc.name] = settings_from_args(cls, parser.parse_args(proc.argv[5:]))
+    embedder, generator, transformer = settings["embedder-predictor"], settings["rag-predictor"], settings["rag-transformer"]
+    ports = [p for s in settings.values() for p in (s.http_port, s.grpc_port)]
+    assert len(ports) == len(set(ports)), "local processes share ports"
+    assert all(s.host == "127.0.0.1" for s in settings.values())
+    assert transformer.predictor_host == f"127.0.0.1:{generator.http_port}"
+    assert transformer.embedding_url == f"http://127.0.0.1:{embedder.http_port}"
+    assert (embedder.model_name, generator.model_name, transformer.model_name) == ("embedder", "rag", "rag")
+
+
+@needs_kubectl
+def test_graph_switch_routes_v2_requests_by_input_name():
+    from ragserve.graph.gjson import compile_path
+
+    graph = next(o for o in render(MANIFESTS / "overlays" / "prod") if o["kind"] == "InferenceGraph")
+    steps = graph["spec"]["nodes"]["root"]["steps"]
+
+    def route(body: dict) -> str | None:
+        return next((s["serviceName"] for s in steps if compile_path(s["condition"]).exists(body)), None)
+
+    v2 = lambda name, *data: {"inputs": [{"name": name, "datatype": "BYTES", "shape": [len(data)], "data": list(data)}]}  # noqa: E731
+    assert route(v2("text", "a passage", "another")) == "embedder"
+    assert route(v2("text_input", "What is KServe?")) == "rag"
+    assert route({"instances": ["v1 bodies match no step"]}) is None
