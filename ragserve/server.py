@@ -36,6 +36,7 @@ from .kserve_compat import (
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER  # noqa: E402 (after kserve_compat)
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor  # noqa: E402
 from kserve.protocol.rest.v2_datamodels import InferenceRequest  # noqa: E402
+from .generate_routes import build_generate_router
 from .openai.router import build_openai_router
 from .limits import BodySizeLimitMiddleware, ConcurrencyLimitMiddleware
 from .settings import ServingSettings
@@ -136,6 +137,8 @@ def build_app(
     register_v2_endpoints(app, dataplane, extension)
     # Served for every model that implements an OpenAI capability (see ragserve.openai).
     app.include_router(build_openai_router(repository))
+    # Triton's generate extension, for models with a generate() method.
+    app.include_router(build_generate_router(repository))
     for router in routers:
         app.include_router(router)
     _install_error_handlers(app)
@@ -191,6 +194,7 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("ragserve", "kserve", "uvicorn"):
         logging.getLogger(name).setLevel(level.upper())
+    logging.getLogger("httpx").setLevel("WARNING" if level != "debug" else "DEBUG")
     # KServe logs one "trace" line per request at INFO; keep it for debug.
     logging.getLogger("kserve.trace").setLevel("WARNING" if level != "debug" else "DEBUG")
 

@@ -8,6 +8,7 @@ REST JSON delivers BYTES elements as ``str``; REST binary extension and gRPC as
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,19 +18,49 @@ from .errors import BadRequest, PayloadTooLarge
 from .kserve_compat import InferOutput, InferRequest, InferResponse
 
 
+# Triton's InferParameter has double_param (field 4) and uint64_param (field 5);
+# KServe 0.21's copy of the proto stops at string_param, so a float sent by
+# tritonclient.grpc (temperature=0.7) arrives as an unknown field.
+_DOUBLE_PARAM, _UINT64_PARAM = 4, 5
+_WIRE_FIXED64, _WIRE_VARINT = 1, 0
+
+
+def _grpc_parameter(parameter) -> Any:
+    kind = parameter.WhichOneof("parameter_choice")
+    if kind:
+        return getattr(parameter, kind)
+    from google.protobuf import unknown_fields
+
+    for field in unknown_fields.UnknownFieldSet(parameter):
+        if field.field_number == _DOUBLE_PARAM and field.wire_type == _WIRE_FIXED64:
+            return struct.unpack("<d", struct.pack("<Q", field.data))[0]
+        if field.field_number == _UINT64_PARAM and field.wire_type == _WIRE_VARINT:
+            return field.data
+    return None
+
+
+def grpc_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters for a gRPC request: floats travel as ``double_param``, which KServe's own
+    conversion rejects ("invalid parameter value") because its proto lacks the field."""
+    from kserve.protocol.grpc.grpc_predict_v2_pb2 import InferParameter
+
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, float):
+            parameter = InferParameter()
+            parameter.MergeFromString(bytes([_DOUBLE_PARAM << 3 | _WIRE_FIXED64]) + struct.pack("<d", value))
+            out[key] = parameter  # an unknown field here, double_param on the wire
+        else:
+            out[key] = value
+    return out
+
+
 def request_parameters(request: InferRequest) -> dict[str, Any]:
-    """Request-level ``parameters`` as a plain dict, from REST or gRPC."""
+    """Request-level ``parameters`` as a plain dict, from REST or gRPC (doubles and uint64s included)."""
     params = request.parameters
     if not params:
         return {}
-    out: dict[str, Any] = {}
-    for key, val in params.items():
-        if hasattr(val, "WhichOneof"):  # gRPC InferParameter
-            kind = val.WhichOneof("parameter_choice")
-            out[key] = getattr(val, kind) if kind else None
-        else:
-            out[key] = val
-    return out
+    return {key: _grpc_parameter(val) if hasattr(val, "WhichOneof") else val for key, val in params.items()}
 
 
 def _elements(inp) -> list:

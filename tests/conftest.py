@@ -69,6 +69,27 @@ def embedding_server(tmp_path_factory):
     served.process.stop()
 
 
+@pytest.fixture(scope="session")
+def generation_server(tmp_path_factory):
+    """The generation predictor on the tiny random Llama (plumbing, not answers)."""
+    served = start_server(
+        "generation", "generator", tmp_path_factory.mktemp("logs"), "--model", "tiny-random-llama", "--torch-threads", "1"
+    )
+    yield served
+    served.process.stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A ``milvus-lite server`` on loopback: one Milvus for the ingester, the transformer and the test."""
+    from ragserve.pipelines.local_milvus import LocalMilvus
+
+    logs = tmp_path_factory.mktemp("logs")
+    server = LocalMilvus(tmp_path_factory.mktemp("milvus"), log_path=logs / "milvus.log").start()
+    yield server
+    server.stop()
+
+
 def run_client(script: str, *args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run a client in its own process (tritonclient.grpc cannot share one with kserve)."""
     return subprocess.run(

@@ -13,6 +13,8 @@ import importlib
 # component -> (module, settings class, server factory)
 COMPONENTS: dict[str, tuple[str, str, str]] = {
     "embedding": ("ragserve.predictors.embedding", "EmbeddingSettings", "create_server"),
+    "generation": ("ragserve.predictors.generation", "GenerationSettings", "create_server"),
+    "rag-transformer": ("ragserve.transformers.rag", "RagTransformerSettings", "create_server"),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TypeVar
 
@@ -10,6 +11,8 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import BadRequest, NotFound, describe_validation_errors
 from ..kserve_compat import ModelRepository
+from ..sse import sse_response
+from .completions import ChatCompletionRequest, CompletionRequest
 from .embeddings import EmbeddingRequest
 
 T = TypeVar("T", bound=BaseModel)
@@ -17,6 +20,8 @@ T = TypeVar("T", bound=BaseModel)
 # A model serves an OpenAI route when it has the method of that name.
 CAPABILITIES = {
     "embeddings": "create_embedding",
+    "completions": "create_completion",
+    "chat.completions": "create_chat_completion",
 }
 
 
@@ -38,6 +43,17 @@ def resolve_model(repository: ModelRepository, name: str, capability: str):
 
         raise NotReady(f"model '{name}' is not ready")
     return model
+
+
+def request_type(repository: ModelRepository, raw: bytes, capability: str, default: type[T]) -> type[T]:
+    """The body type for the addressed model: a model may extend an OpenAI request with its
+    own fields by mapping the capability to a subclass in ``request_types`` (e.g. RAG's ``retrieval``)."""
+    try:
+        name = json.loads(raw).get("model")
+    except (ValueError, AttributeError):
+        return default  # parse_body reports it
+    model = repository.get_models().get(name) if isinstance(name, str) else None
+    return getattr(model, "request_types", {}).get(capability, default)
 
 
 async def parse_body(request: Request, model_cls: type[T]) -> T:
@@ -72,4 +88,23 @@ def build_openai_router(repository: ModelRepository) -> APIRouter:
         response = await model.create_embedding(body, dict(request.headers))
         return response.model_dump()
 
+    @router.post("/completions")
+    async def completions(request: Request):
+        body = await parse_body(request, CompletionRequest)
+        model = resolve_model(repository, body.model, "completions")
+        return await _respond(await model.create_completion(body, dict(request.headers)), request)
+
+    @router.post("/chat/completions")
+    async def chat_completions(request: Request):
+        body = await parse_body(request, request_type(repository, await request.body(), "chat.completions", ChatCompletionRequest))
+        model = resolve_model(repository, body.model, "chat.completions")
+        return await _respond(await model.create_chat_completion(body, dict(request.headers)), request)
+
     return router
+
+
+async def _respond(result, request: Request):
+    """A pydantic response as JSON, or a stream of chunk dicts as SSE ending in ``[DONE]``."""
+    if isinstance(result, BaseModel):
+        return result.model_dump()
+    return await sse_response(result, request.url.path, done_marker=True)

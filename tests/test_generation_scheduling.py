@@ -1,0 +1,116 @@
+"""How the engine schedules: shared decode steps, cancel on disconnect, per-request timeouts.
+
+Proved from the outside, through ``/metrics``: ``ragserve_batch_size`` is
+observed once per forward pass with the number of sequences in it, and
+``ragserve_generation_active_sequences`` counts the running batch.
+"""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import start_server
+
+LONG = {"max_tokens": 2000, "ignore_eos": True}
+
+
+def metrics(served) -> dict[str, float]:
+    """``name{labels}`` -> value for the generator's ragserve metrics."""
+    out = {}
+    for family in text_string_to_metric_families(httpx.get(f"{served.http_url}/metrics").text):
+        for s in family.samples:
+            if s.name.startswith("ragserve_") and s.labels.get("model_name") == "generator":
+                kind = s.labels.get("kind")
+                out[s.name + (f"[{kind}]" if kind else "")] = s.value
+    return out
+
+
+def wait_for(predicate, served, timeout: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        m = metrics(served)
+        if predicate(m) or time.monotonic() > deadline:
+            return m
+        time.sleep(0.05)
+
+
+def test_concurrent_requests_share_decode_steps(generation_server):
+    url = f"{generation_server.http_url}/v2/models/generator/generate"
+    prompts = [f"Request {i} is about {w}" for i, w in enumerate(["kserve", "milvus", "vllm", "rag"] * 2)]
+    body = {"temperature": 0.0, "max_tokens": 32, "ignore_eos": True}
+    alone = [httpx.post(url, json={"text_input": p, "parameters": body}).json()["text_output"] for p in prompts]
+    before = metrics(generation_server)
+
+    async def fire():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(client.post(url, json={"text_input": p, "parameters": body}) for p in prompts))
+
+    together = [r.json()["text_output"] for r in asyncio.run(fire())]
+    assert together == alone  # batching changes nothing in what each request gets
+    after = metrics(generation_server)
+    passes = after["ragserve_batch_size_count"] - before["ragserve_batch_size_count"]
+    rows = after["ragserve_batch_size_sum"] - before["ragserve_batch_size_sum"]
+    assert rows == 8 * 32  # one row per generated token: a prefill row or a decode row
+    assert rows / passes >= 3, f"{passes:.0f} forward passes for {rows:.0f} sequence-steps: requests did not share them"
+
+
+def test_client_disconnect_drops_the_sequence(generation_server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{generation_server.http_url}/openai/v1", api_key="unused", max_retries=0)
+    before = metrics(generation_server)
+    stream = client.chat.completions.create(
+        model="generator", messages=[{"role": "user", "content": "Talk forever."}], stream=True, extra_body=LONG
+    )
+    first = next(iter(stream))
+    assert first.choices[0].delta.role == "assistant"
+    assert metrics(generation_server)["ragserve_generation_active_sequences"] == 1
+    stream.close()
+
+    after = wait_for(lambda m: m["ragserve_generation_active_sequences"] == 0, generation_server)
+    assert after["ragserve_generation_active_sequences"] == 0
+    assert after["ragserve_generation_cancelled_total"] == before.get("ragserve_generation_cancelled_total", 0) + 1
+    produced = after["ragserve_generation_tokens_total[completion]"]
+    time.sleep(0.3)
+    assert metrics(generation_server)["ragserve_generation_tokens_total[completion]"] == produced  # no work left for it
+    assert produced - before["ragserve_generation_tokens_total[completion]"] < 2000
+    ok = client.completions.create(model="generator", prompt="still there?", max_tokens=3)
+    assert ok.usage.completion_tokens <= 3
+
+
+@pytest.fixture(scope="module")
+def impatient_server(tmp_path_factory):
+    served = start_server(
+        "generation", "generator", tmp_path_factory.mktemp("logs"),
+        "--model", "tiny-random-llama", "--torch-threads", "1", "--request-timeout-s", "1", grpc=False,
+    )
+    yield served
+    served.process.stop()
+
+
+def test_request_timeout_is_504_and_frees_the_engine(impatient_server):
+    from openai import APIError, OpenAI
+
+    base = impatient_server.http_url
+    r = httpx.post(f"{base}/v2/models/generator/generate", json={"text_input": "go on", "parameters": LONG})
+    assert r.status_code == 504, r.text
+    assert "request_timeout_s=1" in r.json()["error"]
+    r = httpx.post(f"{base}/openai/v1/completions", json={"model": "generator", "prompt": "go on", **LONG})
+    assert r.status_code == 504 and r.json()["error"]["type"] == "timeout_error"
+
+    # Once streaming, the status line is sent: the timeout arrives as an error event.
+    client = OpenAI(base_url=f"{base}/openai/v1", api_key="unused", max_retries=0)
+    stream = client.chat.completions.create(
+        model="generator", messages=[{"role": "user", "content": "go on"}], stream=True, extra_body=LONG
+    )
+    with pytest.raises(APIError, match="request_timeout_s=1"):
+        for _ in stream:
+            pass
+    after = wait_for(lambda m: m["ragserve_generation_active_sequences"] == 0, impatient_server)
+    assert after["ragserve_generation_active_sequences"] == 0
+    assert after["ragserve_generation_cancelled_total"] == 3
+    ok = httpx.post(f"{base}/v2/models/generator/generate", json={"text_input": "hi", "parameters": {"max_tokens": 2}})
+    assert ok.status_code == 200
