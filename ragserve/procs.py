@@ -87,16 +87,16 @@ class ServerProcess:
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before ready{self._log_tail()}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before ready{self.log_tail()}")
             try:
                 if httpx.get(self.ready_url, timeout=1.0).status_code == 200:
                     return time.monotonic() - start
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s{self._log_tail()}")
+        raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s{self.log_tail()}")
 
-    def _log_tail(self, lines: int = 30) -> str:
+    def log_tail(self, lines: int = 30) -> str:
         if not self.log_path or not self.log_path.exists():
             return ""
         tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]

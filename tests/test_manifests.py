@@ -217,30 +217,35 @@ def test_structural_schema_rejects_unknown_fields_like_kubectl_apply():
 
 
 @needs_kubectl
-def test_local_overlay_runs_as_plain_ragserve_processes(monkeypatch):
+def test_local_overlay_runs_as_plain_ragserve_processes(monkeypatch, tmp_path):
+    """What `ragserve up` would start parses with each component's own settings, wired on loopback."""
     from ragserve.cli.serve import COMPONENTS, component_parser
-    from ragserve.manifests.processes import local_processes
+    from ragserve.local.plan import Planner, PortAllocator, RevisionStore
     from ragserve.settings import settings_from_args
 
+    plan = Planner(
+        render(MANIFESTS / "overlays" / "local"), ports=PortAllocator(0), store=RevisionStore(tmp_path / "rev.json")
+    ).build(milvus_uri="http://127.0.0.1:19530", has_gpu=False)
     settings = {}
-    for proc in local_processes(render(MANIFESTS / "overlays" / "local")):
-        assert proc.argv[:4] == ["python", "-m", "ragserve", "serve"], proc
+    for proc in plan.processes():
+        assert proc.argv[1:4] == ["-m", "ragserve", "serve"], proc
         component = proc.argv[4]
-        assert component in COMPONENTS, f"{proc.name}: `ragserve serve {component}` does not exist"
+        assert component in COMPONENTS, f"{proc.revision}: `ragserve serve {component}` does not exist"
         parser, cls = component_parser(component)
         prefix = cls.model_config["env_prefix"]
         unknown = [k for k in proc.env if k.startswith(prefix) and k[len(prefix):].lower() not in cls.model_fields]
-        assert not unknown, f"{proc.name}: settings {cls.__name__} has no fields for {unknown}"
+        assert not unknown, f"{proc.revision}: settings {cls.__name__} has no fields for {unknown}"
         with monkeypatch.context() as env:
             for key, value in proc.env.items():
                 env.setenv(key, value)
-            settings[proc.name] = settings_from_args(cls, parser.parse_args(proc.argv[5:]))
+            settings[f"{proc.isvc}-{proc.role}"] = settings_from_args(cls, parser.parse_args(proc.argv[5:]))
     embedder, generator, transformer = settings["embedder-predictor"], settings["rag-predictor"], settings["rag-transformer"]
     ports = [p for s in settings.values() for p in (s.http_port, s.grpc_port)]
     assert len(ports) == len(set(ports)), "local processes share ports"
     assert all(s.host == "127.0.0.1" for s in settings.values())
-    assert transformer.predictor_host == f"127.0.0.1:{generator.http_port}"
-    assert transformer.embedding_url == f"http://127.0.0.1:{embedder.http_port}"
+    assert transformer.predictor_host == f"127.0.0.1:{plan.route('rag', 'predictor').port}"
+    assert transformer.embedding_url == plan.route("embedder", "predictor").url
+    assert transformer.milvus_uri == "http://127.0.0.1:19530"
     assert (embedder.model_name, generator.model_name, transformer.model_name) == ("embedder", "rag", "rag")
 
 

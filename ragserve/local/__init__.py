@@ -1,0 +1,1 @@
+"""``ragserve up``: the InferenceGraph of an overlay, run as local processes."""

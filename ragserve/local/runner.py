@@ -1,0 +1,412 @@
+"""``ragserve up``: run an overlay's InferenceServices and InferenceGraph as local processes.
+
+Order: render the overlay, plan the processes (:mod:`.plan`), start Milvus
+Lite (unless a URI is given), the predictors, ingest the sample corpus when
+the collection is empty, then the transformers; each component is reached
+through its local ingress (:mod:`.ingress`), the graph through KServe's router
+semantics (:mod:`ragserve.graph`), revisions through the control endpoint
+(:mod:`.control`). Everything listens on 127.0.0.1. Ctrl-C (or ``ragserve
+down``) stops every child; a child that dies is restarted with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import httpx
+import uvicorn
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..manifests.problem import ManifestError
+from ..manifests.render import render
+from ..procs import ServerProcess
+from .control import build_control_app, kubeconfig
+from .ingress import ComponentIngress, Revision
+from .plan import Plan, Planner, PortAllocator, Process, RevisionStore, spec_hash
+from .supervisor import Child, Supervisor, http_ready
+
+logger = logging.getLogger("ragserve.up")
+
+STATE_FILE = "up.json"
+
+
+class UpSettings(BaseSettings):
+    """Settings of ``ragserve up`` (env prefix ``RAGSERVE_UP_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAGSERVE_UP_", extra="forbid", use_attribute_docstrings=True, validate_default=True
+    )
+
+    overlay: str = "local"
+    """Overlay of ``manifests_dir``/overlays to run."""
+
+    manifests_dir: str = "inferenceservices"
+    """The kustomize tree (base/, components/, overlays/)."""
+
+    path: str = ""
+    """A kustomization folder or YAML file to run instead of an overlay."""
+
+    state_dir: str = ".ragserve"
+    """Logs, Milvus data, revision records, the state file and the kubeconfig of the control endpoint."""
+
+    base_port: int = Field(8080, ge=0, le=65535)
+    """The graph listens here and the other endpoints on the ports after it; 0 picks free ports."""
+
+    milvus_uri: str = ""
+    """Milvus to use; empty starts ``milvus-lite server`` on loopback with data in the state dir."""
+
+    ingest: bool = True
+    """Ingest ``samples`` when the collection is missing or empty."""
+
+    samples: str = "pipelines/samples"
+    """Documents ingested into an empty collection."""
+
+    namespace: str = "default"
+    """Namespace the control endpoint answers for."""
+
+    ready_timeout_s: float = Field(900.0, gt=0)
+    """Longest a component may take to become ready."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level of the runner (children log to the state dir)."""
+
+
+class _Server(uvicorn.Server):
+    # Several servers share one loop; the runner handles signals for all of them.
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+class LocalRunner:
+    def __init__(self, settings: UpSettings):
+        self.settings = settings
+        self.state_dir = Path(settings.state_dir).resolve()
+        self.supervisor = Supervisor(ready_timeout_s=settings.ready_timeout_s)
+        self.ports = PortAllocator(settings.base_port)
+        self.store = RevisionStore(self.state_dir / "revisions.json")
+        self.ingresses: dict[str, ComponentIngress] = {}
+        self.children: dict[str, Child] = {}  # revision -> child
+        self.servers: list[tuple[_Server, asyncio.Task]] = []
+        self.endpoints: list[tuple[str, str, str]] = []
+        self.plan: Plan | None = None
+        self.objects: dict[str, dict] = {}  # isvc name -> object as patched through the control endpoint
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
+
+    # -- planning ------------------------------------------------------------
+    def source(self) -> Path:
+        if self.settings.path:
+            return Path(self.settings.path)
+        return Path(self.settings.manifests_dir) / "overlays" / self.settings.overlay
+
+    def _process_child(self, proc: Process) -> Child:
+        def make() -> ServerProcess:
+            return ServerProcess(
+                proc.argv, ready_url=proc.url + proc.ready_path, env=proc.env,
+                log_path=self.state_dir / "logs" / f"{proc.revision}.log", name=proc.revision,
+            )
+
+        return Child(proc.revision, make, http_ready(proc.url + proc.ready_path), info={"url": proc.url})
+
+    def _milvus_child(self, port: int) -> Child:
+        data = self.state_dir / "milvus"
+        exe = Path(sys.executable).with_name("milvus-lite")
+        argv = [str(exe), "server", "--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port)]
+        uri = f"http://127.0.0.1:{port}"
+
+        async def ready() -> bool:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+                writer.close()
+                return True
+            except (OSError, asyncio.TimeoutError):
+                return False
+
+        def make() -> ServerProcess:
+            return ServerProcess(argv, ready_url=uri, log_path=self.state_dir / "logs" / "milvus.log", name="milvus")
+
+        return Child("milvus", make, ready, info={"url": uri})
+
+    # -- running ---------------------------------------------------------------
+    async def _serve(self, name: str, app, port: int) -> None:
+        server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
+                                        lifespan="on" if name.startswith("graph") else "off"))
+        task = asyncio.get_running_loop().create_task(server.serve(), name=name)
+        self.servers.append((server, task))
+        while not server.started:
+            if task.done():
+                task.result()  # raises the bind error
+                raise OSError(f"{name}: server stopped before it started (port {port} in use?)")
+            await asyncio.sleep(0.02)
+
+    async def _start_revision(self, proc: Process) -> None:
+        child = self.supervisor.add(self._process_child(proc))
+        self.children[proc.revision] = child
+        seconds = await self.supervisor.start(child)
+        logger.info("%-28s ready in %5.1fs  %s", proc.revision, seconds, proc.url)
+
+    async def _ingest_if_empty(self, plan: Plan, milvus_uri: str) -> None:
+        env = next((p.env for p in plan.processes() if p.role == "transformer"), None) or plan.processes()[0].env
+        collection = env.get("RAGSERVE_INGEST_COLLECTION") or env.get("RAGSERVE_RAG_COLLECTION") or "ragserve_docs"
+        rows = await asyncio.to_thread(_row_count, milvus_uri, collection)
+        if rows:
+            logger.info("collection %s has %d chunks: not ingesting", collection, rows)
+            return
+        logger.info("collection %s is empty: ingesting %s", collection, self.settings.samples)
+        argv = [sys.executable, "-m", "ragserve", "ingest", self.settings.samples, "--collection", collection]
+        log = self.state_dir / "logs" / "ingest.log"
+        with open(log, "ab") as out:
+            proc = await asyncio.create_subprocess_exec(*argv, env={**os.environ, **env}, stdout=out, stderr=out)
+            if await proc.wait() != 0:
+                raise RuntimeError(f"ingestion failed (exit {proc.returncode}); see {log}")
+
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "logs").mkdir(exist_ok=True)
+        objects = render(self.source())
+        graph_port, control_port = self.ports(), self.ports()
+        milvus_uri = self.settings.milvus_uri
+        milvus = None
+        # only transformers (and the ingestion that feeds them) talk to Milvus
+        needs_milvus = any("transformer" in (o.get("spec") or {}) for o in objects if o.get("kind") == "InferenceService")
+        if not milvus_uri and needs_milvus:
+            milvus = self._milvus_child(self.ports())
+            milvus_uri = milvus.info["url"]
+        plan = Planner(objects, ports=self.ports, store=self.store, namespace=self.settings.namespace).build(
+            milvus_uri, has_gpu()
+        )
+        self.plan = plan
+        for warning in plan.warnings:
+            logger.warning("%s", warning)
+        for name, obj in plan.isvcs.items():
+            obj.setdefault("metadata", {}).update(namespace=self.settings.namespace, resourceVersion="1", generation=1)
+            self.objects[name] = obj
+
+        # ingresses first: they are what every component and the graph call
+        for route in plan.routes:
+            ingress = ComponentIngress(
+                route.name, Revision(route.stable.revision, route.stable.url), client=self.client,
+                canary=Revision(route.canary.revision, route.canary.url) if route.canary else None,
+                canary_percent=route.canary_percent,
+            )
+            self.ingresses[route.name] = ingress
+            await self._serve(f"ingress {route.name}", ingress.app, route.port)
+        if milvus is not None:
+            self.supervisor.add(milvus)
+            await self.supervisor.start(milvus)
+            self.endpoints.append(("milvus", "milvus-lite server", milvus_uri))
+        procs = plan.processes()
+        for proc in [p for p in procs if p.role == "predictor"]:
+            await self._start_revision(proc)
+        if self.settings.ingest and needs_milvus:
+            await self._ingest_if_empty(plan, milvus_uri)
+        for proc in [p for p in procs if p.role != "predictor"]:
+            await self._start_revision(proc)
+
+        for name in plan.isvcs:
+            entry = plan.entry(name)
+            self.endpoints.append(("isvc", name, entry.url))
+        for i, graph in enumerate(plan.graphs):
+            port = graph_port if i == 0 else self.ports()
+            await self._serve(f"graph {graph['metadata']['name']}", self._graph_app(graph), port)
+            self.endpoints.insert(i, ("graph", graph["metadata"]["name"], f"http://127.0.0.1:{port}"))
+        control = build_control_app(self.settings.namespace, self.get_isvc, lambda: list(self.objects),
+                                    self.apply_isvc, self.revision_stats)
+        await self._serve("control", control, control_port)
+        (self.state_dir / "kubeconfig").write_text(kubeconfig(f"http://127.0.0.1:{control_port}", self.settings.namespace))
+        self.endpoints.append(("control", "kubeconfig", str(self.state_dir / "kubeconfig")))
+        self._write_state()
+
+    def _graph_app(self, graph: dict):
+        from ..graph.app import GraphSettings, create_app
+        from ..graph.resolver import ServiceAddress
+
+        services = {}
+        for name in self.plan.isvcs:
+            entry = self.plan.entry(name)
+            proc = entry.stable
+            protocol = proc.env.get("PROTOCOL") or (
+                ((self.plan.isvcs[name].get("spec") or {}).get("predictor") or {}).get("model", {}).get("protocolVersion")
+            ) or "v1"
+            services[name] = ServiceAddress(url=entry.url, model_name=name, protocol=protocol)
+        settings = GraphSettings(graph_json=json.dumps(graph), services=services, propagate_headers=[
+            "(?i)^x-request-id$", "(?i)^traceparent$", "(?i)^tracestate$", "(?i)^authorization$"])
+        return create_app(settings, client=self.client)
+
+    # -- control endpoint ------------------------------------------------------
+    def get_isvc(self, name: str) -> dict | None:
+        obj = self.objects.get(name)
+        if obj is None:
+            return None
+        out = json.loads(json.dumps(obj))
+        components = {}
+        for role in ("predictor", "transformer"):
+            route = self.plan.route(name, role)
+            if route is None:
+                continue
+            ingress = self.ingresses[route.name]
+            stable = ingress.stable.name
+            components[role] = {
+                "url": route.url,
+                "traffic": ingress.traffic(),
+                "latestCreatedRevision": ingress.canary.name if ingress.canary else stable,
+                "latestReadyRevision": ingress.canary.name if ingress.canary else stable,
+                "latestRolledoutRevision": stable,
+            }
+            if ingress.canary:
+                components[role]["previousRolledoutRevision"] = stable
+        status = {
+            "url": self.plan.entry(name).url,
+            "address": {"url": self.plan.entry(name).url},
+            "components": components,
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "deploymentMode": "Standard" if (obj.get("spec") or {}).get("canary") is not None
+            or "Standard" in json.dumps((obj.get("metadata") or {}).get("annotations") or {}) else "Serverless",
+        }
+        predictor = self.ingresses.get(f"{name}-predictor")
+        if predictor and predictor.canary and (obj.get("spec") or {}).get("canary"):
+            status["canaryStatuses"] = [{"name": predictor.canary.name, "trafficPercent": predictor.canary_percent,
+                                         "ready": True}]
+        out["status"] = status
+        return out
+
+    def apply_isvc(self, name: str, new: dict) -> None:
+        """Reconcile a patched InferenceService: traffic split, promotion, rollback."""
+        old = self.objects[name]
+        ingress = self.ingresses[f"{name}-predictor"]
+        spec, old_spec = new.get("spec") or {}, old.get("spec") or {}
+        predictor = spec.get("predictor") or {}
+        key = f"{name}/predictor"
+        if old_spec.get("canary") or spec.get("canary"):  # Standard mode
+            canaries = spec.get("canary") or []
+            if canaries:
+                percent = int(canaries[0].get("trafficPercent", 0))
+                if not 0 <= percent <= 100:
+                    raise ValueError(f"spec.canary[0].trafficPercent: {percent} is not 0-100")
+                ingress.set_split(ingress.canary, percent)
+            elif ingress.canary is not None:
+                promoted = spec_hash(predictor) == spec_hash(((old_spec.get("canary") or [{}])[0]).get("predictor") or {})
+                self._retire(ingress, promote=promoted, key=key, spec=predictor)
+        else:  # Knative mode
+            if "canaryTrafficPercent" in predictor:
+                percent = int(predictor["canaryTrafficPercent"])
+                if not 0 <= percent <= 100:
+                    raise ValueError(f"spec.predictor.canaryTrafficPercent: {percent} is not 0-100")
+                ingress.set_split(ingress.canary, percent)
+            elif ingress.canary is not None:
+                self._retire(ingress, promote=True, key=key,
+                             spec={k: v for k, v in predictor.items() if k != "canaryTrafficPercent"})
+        meta = new.setdefault("metadata", {})
+        meta["resourceVersion"] = str(int(old["metadata"]["resourceVersion"]) + 1)
+        meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
+        self.objects[name] = new
+
+    def _retire(self, ingress: ComponentIngress, *, promote: bool, key: str, spec: dict) -> None:
+        """Promotion: the canary becomes stable and the old stable stops. Rollback: the canary stops."""
+        canary, stable = ingress.canary, ingress.stable
+        leaving = stable if promote else canary
+        if promote:
+            ingress.stable = canary
+            self.store.record(key, spec, int(canary.name.rsplit("-", 1)[1]))
+        ingress.set_split(None, 0)
+        child = self.children.pop(leaving.name, None)
+        if child is not None:
+            self.supervisor.remove(child)
+        logger.info("%s: %s %s", ingress.name, "promoted" if promote else "rolled back", canary.name)
+        self._write_state()
+
+    def revision_stats(self) -> dict:
+        return {
+            name: [
+                {"revision": r.name, "requests": r.stats.requests, "errors": r.stats.errors, "p95_s": r.stats.p95_s()}
+                for r in (ing.stable, ing.canary) if r is not None
+            ]
+            for name, ing in self.ingresses.items()
+        }
+
+    # -- state -------------------------------------------------------------------
+    def _write_state(self) -> None:
+        state = {
+            "pid": os.getpid(),
+            "started": time.time(),
+            "source": str(self.source()),
+            "endpoints": [{"kind": k, "name": n, "url": u} for k, n, u in self.endpoints],
+            "children": [{"name": c.name, "pid": c.pid} for c in self.supervisor.children],
+        }
+        (self.state_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
+
+    def table(self) -> str:
+        width = max(len(n) for _, n, _ in self.endpoints)
+        lines = [f"  {k:8} {n:{width}}  {u}" for k, n, u in self.endpoints]
+        graph = next((u for k, _, u in self.endpoints if k == "graph"), None)
+        rag = next((u for k, n, u in self.endpoints if k == "isvc" and n == "rag"), None)
+        if graph:
+            lines += ["", "ask through the graph:",
+                      f"  curl -s {graph}/v2/models/rag/infer -H 'content-type: application/json' \\",
+                      "    -d '{\"inputs\":[{\"name\":\"text_input\",\"datatype\":\"BYTES\",\"shape\":[1],"
+                      "\"data\":[\"What is ragserve?\"]}]}'"]
+        if rag:
+            lines += ["stream from the rag InferenceService (the graph router cannot stream, kserve#2837):",
+                      f"  OpenAI base_url={rag}/openai/v1  model=rag"]
+        return "\n".join(lines)
+
+    async def run(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            print(f"ragserve up: {self.source()} is running\n{self.table()}\n(Ctrl-C or `ragserve down` stops it)",
+                  flush=True)
+            self.supervisor.watch()
+            await stop.wait()
+        finally:
+            logger.info("stopping")
+            self.supervisor.stop_all()
+            for server, _ in self.servers:
+                server.should_exit = True
+            await asyncio.wait([task for _, task in self.servers], timeout=10) if self.servers else None
+            await self.client.aclose()
+            (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+
+
+def _row_count(uri: str, collection: str) -> int:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=uri)
+    try:
+        if not client.has_collection(collection):
+            return 0
+        return int(client.get_collection_stats(collection).get("row_count", 0))
+    finally:
+        client.close()
+
+
+def read_state(state_dir: str) -> dict | None:
+    path = Path(state_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+__all__ = ["UpSettings", "LocalRunner", "read_state", "ManifestError"]

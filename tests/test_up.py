@@ -1,0 +1,144 @@
+"""`ragserve up` end to end: the local overlay as processes, asked through the graph, stopped by SIGINT."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "up"
+
+
+class Up:
+    """A `ragserve up` subprocess and the endpoints its table printed."""
+
+    def __init__(self, tmp_path: Path, *args: str, timeout: float = 600):
+        self.state_dir = tmp_path / "state"
+        self.log = open(tmp_path / "up.log", "w+")
+        env = {**os.environ, "RAGSERVE_GENERATION_MAX_TOKENS_CAP": "64"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ragserve", "up", "--base-port", "0", "--state-dir", str(self.state_dir), *args],
+            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        )
+        self.endpoints = self._wait(timeout)
+
+    def _wait(self, timeout: float) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.log.seek(0)
+            text = self.log.read()
+            if "is running" in text:
+                return {m[1]: m[2] for m in re.finditer(r"^  (?:graph|isvc)\s+(\S+)\s+(http://\S+)$", text, re.M)}
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ragserve up exited {self.proc.returncode}:\n{text[-3000:]}")
+            time.sleep(1)
+        raise TimeoutError("ragserve up did not come up")
+
+    def state(self) -> dict:
+        return json.loads((self.state_dir / "up.json").read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by a dead parent) is gone for our purpose
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _canary(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ragserve", "canary", *args, "--kubeconfig", str(state_dir / "kubeconfig")],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.slow
+def test_up_answers_through_the_graph_and_stops_every_child(tmp_path):
+    up = Up(tmp_path)
+    try:
+        children = [c["pid"] for c in up.state()["children"]]
+        assert len(children) == 4  # milvus, embedder, generator, transformer
+        graph = up.endpoints["rag-graph"]
+        question = "Which port does the ragserve on-call rotation page on?"
+        body = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": [question]}]}
+        r = httpx.post(f"{graph}/v2/models/rag/infer", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        outputs = {o["name"]: o["data"] for o in r.json()["outputs"]}
+        assert outputs["text_output"][0].strip()
+        sources = [json.loads(s) for s in outputs["sources"]]
+        assert sources and all(s["doc_id"].startswith("samples/") for s in sources)
+
+        # the Switch sends embedding requests to the embedder
+        emb = httpx.post(f"{graph}/v2/models/embedder/infer", timeout=60,
+                         json={"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hi"]}]})
+        assert emb.status_code == 200 and emb.json()["outputs"][0]["shape"] == [1, 384]
+
+        # streaming clients call the rag InferenceService directly with the openai client
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"{up.endpoints['rag']}/openai/v1", api_key="unused", timeout=300)
+        chunks = list(client.chat.completions.create(
+            model="rag", messages=[{"role": "user", "content": question}], stream=True, max_tokens=16))
+        assert any(c.choices and c.choices[0].delta.content for c in chunks)
+
+        status = subprocess.run([sys.executable, "-m", "ragserve", "status", "--state-dir", str(up.state_dir)],
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and "ready" in status.stdout
+        canary = _canary(up.state_dir, "status", "rag")
+        assert canary.returncode == 0, canary.stderr
+        assert "rag-predictor-00001" in canary.stdout
+    finally:
+        up.stop()
+    assert up.proc.returncode == 0
+    time.sleep(1)
+    assert [pid for pid in children if _alive(pid)] == []
+    assert not (up.state_dir / "up.json").exists()
+
+
+@pytest.mark.slow
+def test_local_canary_splits_traffic_and_promotes(tmp_path):
+    up = Up(tmp_path, "--path", str(FIXTURES / "embedder-canary.yaml"), timeout=300)
+    try:
+        url = up.endpoints["embedder"]
+        body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["canary"]}]}
+        with httpx.Client(timeout=60) as client:
+            served = [client.post(f"{url}/v2/models/embedder/infer", json=body).headers["x-ragserve-revision"]
+                      for _ in range(200)]
+        share = served.count("embedder-predictor-00002") / len(served)
+        assert set(served) == {"embedder-predictor-00001", "embedder-predictor-00002"}
+        assert 0.2 <= share <= 0.4, share  # 30% +- 10 points over 200 calls
+
+        assert _canary(up.state_dir, "set", "embedder", "100").returncode == 0
+        with httpx.Client(timeout=60) as client:
+            assert {client.post(f"{url}/v2/models/embedder/infer", json=body).headers["x-ragserve-revision"]
+                    for _ in range(10)} == {"embedder-predictor-00002"}
+        promoted = _canary(up.state_dir, "promote", "embedder")
+        assert promoted.returncode == 0, promoted.stderr
+        status = _canary(up.state_dir, "status", "embedder")
+        assert "none in progress" in status.stdout, status.stdout
+        assert [c["name"] for c in up.state()["children"]] == ["embedder-predictor-00002"]
+        none_left = _canary(up.state_dir, "rollback", "embedder")
+        assert none_left.returncode == 1 and "no canary in progress" in none_left.stderr
+    finally:
+        up.stop()
