@@ -20,6 +20,20 @@ def chunk_ids(milvus: LocalMilvus, collection: str) -> list[str]:
         store.close()
 
 
+def chunk_vectors(milvus: LocalMilvus, collection: str) -> dict[str, list[float]]:
+    """Every chunk's vector by chunk id."""
+    from pymilvus import MilvusClient
+
+    from ragserve.transformers.milvus_store import ID, VECTOR
+
+    client = MilvusClient(uri=milvus.uri)
+    try:
+        rows = client.query(collection, filter=f'{ID} != ""', output_fields=[ID, VECTOR])
+        return {row[ID]: list(row[VECTOR]) for row in rows}
+    finally:
+        client.close()
+
+
 def ingest_command(milvus: LocalMilvus, embedding_url: str, *args: str) -> list[str]:
     return [
         sys.executable, "-m", "ragserve", "ingest", *args,

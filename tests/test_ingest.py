@@ -7,10 +7,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from milvus_server import chunk_ids, ingest_command, run_ingest
+from milvus_server import chunk_ids, chunk_vectors, ingest_command, run_ingest
 from ragserve.pipelines.ingest import IngestSettings, chunk_step, embed_step, upsert_step
 from ragserve.transformers.milvus_store import MilvusSettings, MilvusStore
 
@@ -91,6 +92,10 @@ def test_killed_run_is_completed_by_a_rerun_with_identical_ids(milvus, embedding
     report = run_ingest(milvus, embedding_server.http_url, *args, "--collection", "killed")
     assert report["skipped"] > 0, "documents finished before the kill are not embedded again"
     assert chunk_ids(milvus, "killed") == reference
+    # and the same vectors: nothing half-written survives the kill
+    killed, expected = chunk_vectors(milvus, "killed"), chunk_vectors(milvus, "reference")
+    assert killed.keys() == expected.keys()
+    assert max(float(np.max(np.abs(np.subtract(killed[k], expected[k])))) for k in expected) < 1e-5
 
 
 def test_collection_of_another_dimension_is_a_clear_error(milvus, embedding_server):
