@@ -150,6 +150,9 @@ class GenerationPredictor(Model):
         """Token ids of a prompt that leaves room for at least one completion token."""
         # A chat template already holds its special tokens.
         ids = self.backend.encode(text, add_special_tokens=not chat)
+        if not ids:
+            # a tokenizer without a BOS token encodes "" to nothing, and a model cannot start from nothing
+            raise BadRequest(f"{param} is empty: the prompt must have at least one token", param=param)
         limit = self.backend.max_model_len
         if len(ids) >= limit:
             raise BadRequest(

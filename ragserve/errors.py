@@ -127,8 +127,8 @@ def classify(exc: BaseException) -> ErrorInfo:
     )
 
 
-def describe_validation_errors(errors) -> str:
-    """Turn pydantic's error list into one line naming each field."""
+def describe_validation_errors(errors, root: str = "body") -> str:
+    """Turn pydantic's error list into one line naming each field (``root`` when there is no field)."""
     parts = []
     for err in errors:
         if err.get("type") == "json_invalid":
@@ -136,7 +136,7 @@ def describe_validation_errors(errors) -> str:
             parts.append(f"request body is not valid JSON{': ' + str(detail) if detail else ''}")
             continue
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
-        where = ".".join(loc) if loc else "body"
+        where = ".".join(loc) if loc else root
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
 

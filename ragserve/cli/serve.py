@@ -43,11 +43,17 @@ def component_parser(component: str):
 
 
 def run(args) -> int:
+    from pydantic import ValidationError
+
+    from ragserve.errors import describe_validation_errors
     from ragserve.server import configure_logging
     from ragserve.settings import settings_from_args
 
     parser, settings_cls = component_parser(args.component)
-    settings = settings_from_args(settings_cls, parser.parse_args(args.options))
+    try:
+        settings = settings_from_args(settings_cls, parser.parse_args(args.options))
+    except ValidationError as exc:
+        parser.error(describe_validation_errors(exc.errors(), root="settings"))  # one line naming the setting, exit 2
     configure_logging(settings.log_level)
     module_name, _, factory = COMPONENTS[args.component]
     server = getattr(importlib.import_module(module_name), factory)(settings)

@@ -14,6 +14,7 @@ from ..kserve_compat import ModelRepository
 from ..sse import sse_response
 from .completions import ChatCompletionRequest, CompletionRequest
 from .embeddings import EmbeddingRequest
+from .spec import openapi_spec
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -80,6 +81,10 @@ def build_openai_router(repository: ModelRepository) -> APIRouter:
             "object": "list",
             "data": [{"id": n, "object": "model", "created": created, "owned_by": "ragserve"} for n in sorted(names)],
         }
+
+    @router.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> dict:
+        return openapi_spec()
 
     @router.post("/embeddings")
     async def embeddings(request: Request) -> dict:
