@@ -14,7 +14,7 @@ from ragserve.batching import AdaptiveBatcher
 from ragserve.predictors.encoders import load_encoder
 from ragserve.errors import BadRequest, PayloadTooLarge
 from ragserve.kserve_compat import InferRequest, InferResponse, Model
-from ragserve.model_assets import PACKAGED_EMBEDDING, resolve_embedding_model
+from ragserve.model_assets import PACKAGED_EMBEDDING, ModelFilesNotFound, resolve_embedding_model
 from ragserve.openai.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, Usage, encode_vectors
 from ragserve.settings import ServingSettings
 from ragserve.v2 import as_text, fp32_output, make_response, request_parameters, text_input
@@ -101,8 +101,13 @@ class EmbeddingPredictor(Model):
         self._encoder = load_encoder(path, device, self.settings.max_seq_length)
         # A fast tokenizer is not thread-safe (each call resets its padding and
         # truncation state), and the forward pass tokenizes on the batcher's
-        # thread: requests count tokens on their own copy.
-        self._tokenizer = copy.deepcopy(self._encoder.tokenizer)
+        # thread: requests count tokens on their own copy of the Rust tokenizer,
+        # called directly (the Python wrapper costs more than the counting).
+        if not getattr(self._encoder.tokenizer, "is_fast", False):
+            raise ModelFilesNotFound(f"{path}: the embedding model needs a fast (tokenizer.json) tokenizer")
+        self._tokenizer = copy.deepcopy(self._encoder.tokenizer.backend_tokenizer)
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
         self.max_seq_length = self._encoder.max_seq_length
         self.dimension = int(self._encoder.encode(["warm up"]).shape[1])
         self._batcher = AdaptiveBatcher(
@@ -132,8 +137,7 @@ class EmbeddingPredictor(Model):
 
     # -- the shared path ----------------------------------------------------
     def count_tokens(self, texts: list[str]) -> list[int]:
-        ids = self._tokenizer(texts, add_special_tokens=True, return_attention_mask=False, verbose=False)["input_ids"]
-        return [len(x) for x in ids]
+        return [len(e.ids) for e in self._tokenizer.encode_batch(texts, add_special_tokens=True)]
 
     async def embed(self, texts: list[str], *, normalize: bool | None = None, truncate: bool | None = None) -> tuple[np.ndarray, int]:
         """Embed ``texts`` through the batcher; returns ``(vectors [N, dim], prompt tokens)``."""

@@ -127,7 +127,11 @@ class AdaptiveBatcher(Generic[Item, Result]):
         else:
             first = await self._queue.get()
         batch, size = [first], len(first.items)
-        deadline = first.enqueued + self.max_latency
+        # Wait for peers up to max_latency from now, not from when the first one
+        # arrived: under closed-loop load the queue holds one cohort of clients
+        # while the other is still receiving its answers; letting it catch up
+        # merges both into one batch, which groups lengths better.
+        deadline = time.perf_counter() + self.max_latency
         while size < self.max_batch_size:
             try:
                 nxt = self._queue.get_nowait()

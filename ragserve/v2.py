@@ -126,9 +126,9 @@ def bytes_output(name: str, values: Sequence[str], *, parameters: Mapping | None
 
 def fp32_output(name: str, array: np.ndarray) -> InferOutput:
     array = np.ascontiguousarray(array, dtype=np.float32)
-    out = InferOutput(name=name, shape=list(array.shape), datatype="FP32")
-    out.set_data_from_numpy(array, binary_data=False)
-    return out
+    # a flat list (tolist() is C-fast; KServe's own conversion goes element by element),
+    # which KServe turns into JSON, the REST binary extension or gRPC raw alike
+    return InferOutput(name=name, shape=list(array.shape), datatype="FP32", data=array.reshape(-1).tolist())
 
 
 def make_response(request: InferRequest, model_name: str, outputs: list[InferOutput], **kw) -> InferResponse:

@@ -281,3 +281,17 @@ def test_stop_ends_running_and_waiting_streams_promptly():
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     assert [type(r) for r in asyncio.run(main())] == [NotReady] * 4
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1e-300, 1.0), (1.0, 5e-324), (0.7, 1e-9)])
+def test_extreme_sampling_values_still_pick_a_token(temperature, top_p):
+    # found by the fuzz: a top_p or temperature that rounds to 0 in float32 emptied the distribution
+    import torch
+
+    from ragserve.predictors.backends.base import SamplingParams
+    from ragserve.predictors.backends.sampling import make_generator, sample_next
+
+    logits = torch.randn(2, 50, generator=torch.Generator().manual_seed(0))
+    params = [SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p)] * 2
+    tokens = sample_next(logits, params, [make_generator(1), None])
+    assert all(0 <= t < 50 for t in tokens)

@@ -31,7 +31,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # below this, logits / temperature overflows float32: sampling would be argmax anyway
+        return self.temperature < 1e-4
 
 
 @dataclass(frozen=True)

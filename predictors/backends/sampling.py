@@ -26,7 +26,9 @@ def top_p_filter(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """Zero out the tail of each row beyond cumulative probability ``top_p`` (keeps at least one token)."""
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the strictly more likely tokens
-    sorted_probs = sorted_probs.masked_fill(before >= top_p.unsqueeze(-1), 0.0)
+    tail = before >= top_p.unsqueeze(-1)
+    tail[..., 0] = False  # the most likely token always stays, whatever top_p rounds to in float32
+    sorted_probs = sorted_probs.masked_fill(tail, 0.0)
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
 
 
