@@ -129,6 +129,12 @@ def test_local_canary_splits_traffic_and_promotes(tmp_path):
         assert set(served) == {"embedder-predictor-00001", "embedder-predictor-00002"}
         assert 0.2 <= share <= 0.4, share  # 30% +- 10 points over 200 calls
 
+        # the runner's own per-revision metrics stand in for Prometheus
+        verdict = _canary(up.state_dir, "analyze", "embedder", "--local", "--min-requests", "20",
+                          "--max-p95-ratio", "10")
+        assert verdict.returncode == 0, verdict.stdout + verdict.stderr  # promote: both revisions answer 200s
+        assert "verdict: promote" in verdict.stdout and "embedder-predictor-00002" in verdict.stdout
+
         assert _canary(up.state_dir, "set", "embedder", "100").returncode == 0
         with httpx.Client(timeout=60) as client:
             assert {client.post(f"{url}/v2/models/embedder/infer", json=body).headers["x-ragserve-revision"]

@@ -59,7 +59,10 @@ class AnalysisSettings(BaseSettings):
     )
 
     prometheus: str = ""
-    """Prometheus base URL, e.g. http://prometheus.monitoring:9090 (required)."""
+    """Prometheus base URL, e.g. http://prometheus.monitoring:9090 (required unless ``local``)."""
+
+    local: bool = False
+    """Read per-revision metrics from ``ragserve up``'s control endpoint (the kubeconfig's server) instead of Prometheus."""
 
     window: str = Field("10m", pattern=r"^[0-9]+(ms|s|m|h|d|w|y)$")
     """PromQL range over which both sides are compared."""
@@ -168,6 +171,23 @@ def plan(state: CanaryState, settings: AnalysisSettings) -> dict[str, tuple[str,
     return {role: (target, build(state.namespace, target, settings.window)) for role, target in targets.items()}
 
 
+class LocalRevisions:
+    """Per-revision request counts, 5xx counts and p95 kept by ``ragserve up``'s local ingress
+    (``GET /ragserve/revisions`` on its control endpoint): the same measurement without Prometheus."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def measure(self, target: str, q: SideQueries) -> Measurement:
+        stats = self.client.get("/ragserve/revisions").raise_for_status().json()
+        row = next((r for revisions in stats.values() for r in revisions if r["revision"] == target), None)
+        if row is None and stats.get(target):
+            row = stats[target][0]  # Standard mode names the stable side by its workload: the ingress's stable revision
+        if row is None:
+            return Measurement(target, None, None, None, None)
+        return Measurement(target, row["requests"], row["errors"], row["requests"] or None, row["p95_s"])
+
+
 def measure(prometheus: Prometheus, target: str, q: SideQueries) -> Measurement:
     error_total = prometheus.value(q.error_total)
     errors = prometheus.value(q.errors) if error_total else None
@@ -181,9 +201,12 @@ def measure(prometheus: Prometheus, target: str, q: SideQueries) -> Measurement:
     )
 
 
-def analyze(state: CanaryState, prometheus: Prometheus, settings: AnalysisSettings) -> Analysis:
+def analyze(state: CanaryState, source: Prometheus | LocalRevisions, settings: AnalysisSettings) -> Analysis:
     planned = plan(state, settings)
-    stable, canary = (measure(prometheus, *planned[role]) for role in ("stable", "canary"))
+    if isinstance(source, LocalRevisions):
+        stable, canary = (source.measure(*planned[role]) for role in ("stable", "canary"))
+    else:
+        stable, canary = (measure(source, *planned[role]) for role in ("stable", "canary"))
     checks = judge(stable, canary, settings)
     return Analysis(
         state=state,

@@ -69,8 +69,11 @@ def run(args: argparse.Namespace, *, target=None, http_client=None) -> int:
 
             # check the analysis flags before touching the cluster
             args.analysis = settings_from_args(AnalysisSettings, args)
-            if not args.analysis.prometheus:
-                raise BadRequest("analyze needs --prometheus URL (or RAGSERVE_CANARY_PROMETHEUS)", param="prometheus")
+            if not args.analysis.prometheus and not args.analysis.local:
+                raise BadRequest(
+                    "analyze needs --prometheus URL (or RAGSERVE_CANARY_PROMETHEUS), or --local for `ragserve up`",
+                    param="prometheus",
+                )
         if target is None:
             from ragserve.canary.kube import ClusterSettings, connect
 
@@ -139,16 +142,18 @@ def _decide(args, target, isvc, decision: str) -> None:
 def _analyze(args, target, http_client) -> int:
     import httpx
 
-    from ragserve.canary.analyze import analyze, render
+    from ragserve.canary.analyze import LocalRevisions, analyze, render
     from ragserve.canary.ops import canary_state
     from ragserve.canary.prometheus import Prometheus
 
     settings = args.analysis
     isvc = target.get(args.name)
     state = canary_state(isvc)
-    client = http_client or httpx.Client(base_url=settings.prometheus, timeout=settings.prometheus_timeout)
+    base_url = getattr(target, "server", "") if settings.local else settings.prometheus
+    client = http_client or httpx.Client(base_url=base_url, timeout=settings.prometheus_timeout)
     try:
-        result = analyze(state, Prometheus(client), settings)
+        source = LocalRevisions(client) if settings.local else Prometheus(client)
+        result = analyze(state, source, settings)
     finally:
         if http_client is None:
             client.close()
