@@ -146,5 +146,26 @@ def test_local_canary_splits_traffic_and_promotes(tmp_path):
         assert [c["name"] for c in up.state()["children"]] == ["embedder-predictor-00002"]
         none_left = _canary(up.state_dir, "rollback", "embedder")
         assert none_left.returncode == 1 and "no canary in progress" in none_left.stderr
+
+        # a child that dies is reported and restarted (with backoff), and serves again
+        [child] = up.state()["children"]
+        os.kill(child["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and up.state()["children"][0]["restarts"] == 0:
+            time.sleep(0.5)
+        assert up.state()["children"][0]["restarts"] == 1
+        with httpx.Client(timeout=60) as client:
+            while time.monotonic() < deadline:
+                if client.post(f"{url}/v2/models/embedder/infer", json=body).status_code == 200:
+                    break
+                time.sleep(0.5)
+            assert client.post(f"{url}/v2/models/embedder/infer", json=body).status_code == 200
+        up.log.seek(0)
+        assert "restarting in" in up.log.read()
+
+        down = subprocess.run([sys.executable, "-m", "ragserve", "down", "--state-dir", str(up.state_dir)],
+                              capture_output=True, text=True, timeout=90)
+        assert down.returncode == 0, down.stderr
+        assert up.proc.wait(30) == 0
     finally:
         up.stop()

@@ -172,10 +172,20 @@ def _ready_path(container: dict, default: str = "/v2/health/ready") -> str:
 
 
 class Planner:
-    def __init__(self, objects: list[dict], *, ports: PortAllocator, store: RevisionStore, namespace: str = "default"):
+    def __init__(
+        self,
+        objects: list[dict],
+        *,
+        ports: PortAllocator,
+        store: RevisionStore,
+        namespace: str = "default",
+        route_ports: PortAllocator | None = None,
+    ):
         self.bundle = Bundle(objects)
         self.objects = objects
         self.ports = ports
+        # the stable addresses users type (one per component) can come from their own range
+        self.route_ports = route_ports or ports
         self.store = store
         self.namespace = namespace
         self.plan = Plan()
@@ -206,6 +216,7 @@ class Planner:
             if not isinstance(comp, dict):
                 continue
             key = f"{name}/{role}"
+            port = self.route_ports()
             current = {k: v for k, v in comp.items() if k != "canaryTrafficPercent"}
             recorded = self.store.get(key)
             canary_spec, percent = None, 0
@@ -226,7 +237,7 @@ class Planner:
             canary = None
             if canary_spec is not None:
                 canary = self._process(isvc, role, canary_spec, f"{name}-{role}-{gen + 1:05d}")
-            self.plan.routes.append(Route(name, role, self.ports(), stable, canary, percent if canary else 0))
+            self.plan.routes.append(Route(name, role, port, stable, canary, percent if canary else 0))
 
     def _rolled_out(self, key: str, spec: dict) -> int:
         """The generation of ``spec``: the recorded one, or the next one (recorded now)."""

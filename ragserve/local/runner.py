@@ -59,8 +59,10 @@ class UpSettings(BaseSettings):
     state_dir: str = ".ragserve"
     """Logs, Milvus data, revision records, the state file and the kubeconfig of the control endpoint."""
 
-    base_port: int = Field(8080, ge=0, le=65535)
-    """The graph listens here and the other endpoints on the ports after it; 0 picks free ports."""
+    base_port: int = Field(8080, ge=0, le=65000)
+    """The graph listens here, the control endpoint and Milvus on the next two ports, each
+    component from base+3 (embedder 8083, rag 8085 with the default), its processes from
+    base+100; 0 picks free ports for everything."""
 
     milvus_uri: str = ""
     """Milvus to use; empty starts ``milvus-lite server`` on loopback with data in the state dir."""
@@ -101,8 +103,13 @@ class LocalRunner:
     def __init__(self, settings: UpSettings):
         self.settings = settings
         self.state_dir = Path(settings.state_dir).resolve()
-        self.supervisor = Supervisor(ready_timeout_s=settings.ready_timeout_s)
-        self.ports = PortAllocator(settings.base_port)
+        self.supervisor = Supervisor(ready_timeout_s=settings.ready_timeout_s, on_restart=lambda _: self._write_state())
+        # base: graph, control, Milvus; base+3..: one per component (the addresses in the
+        # endpoint table); base+100..: the processes behind them
+        base = settings.base_port
+        self.ports = PortAllocator(base)
+        self.route_ports = PortAllocator(base + 3 if base else 0)
+        self.process_ports = PortAllocator(base + 100 if base else 0)
         self.store = RevisionStore(self.state_dir / "revisions.json")
         self.ingresses: dict[str, ComponentIngress] = {}
         self.children: dict[str, Child] = {}  # revision -> child
@@ -183,17 +190,18 @@ class LocalRunner:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
         objects = render(self.source())
-        graph_port, control_port = self.ports(), self.ports()
+        graph_port, control_port, milvus_port = self.ports(), self.ports(), self.ports()
         milvus_uri = self.settings.milvus_uri
         milvus = None
         # only transformers (and the ingestion that feeds them) talk to Milvus
         needs_milvus = any("transformer" in (o.get("spec") or {}) for o in objects if o.get("kind") == "InferenceService")
         if not milvus_uri and needs_milvus:
-            milvus = self._milvus_child(self.ports())
+            milvus = self._milvus_child(milvus_port)
             milvus_uri = milvus.info["url"]
-        plan = Planner(objects, ports=self.ports, store=self.store, namespace=self.settings.namespace).build(
-            milvus_uri, has_gpu()
-        )
+        plan = Planner(
+            objects, ports=self.process_ports, route_ports=self.route_ports, store=self.store,
+            namespace=self.settings.namespace,
+        ).build(milvus_uri, has_gpu())
         self.plan = plan
         for warning in plan.warnings:
             logger.warning("%s", warning)
@@ -226,7 +234,7 @@ class LocalRunner:
             entry = plan.entry(name)
             self.endpoints.append(("isvc", name, entry.url))
         for i, graph in enumerate(plan.graphs):
-            port = graph_port if i == 0 else self.ports()
+            port = graph_port if i == 0 else self.process_ports()
             await self._serve(f"graph {graph['metadata']['name']}", self._graph_app(graph), port)
             self.endpoints.insert(i, ("graph", graph["metadata"]["name"], f"http://127.0.0.1:{port}"))
         control = build_control_app(self.settings.namespace, self.get_isvc, lambda: list(self.objects),
@@ -350,7 +358,7 @@ class LocalRunner:
             "started": time.time(),
             "source": str(self.source()),
             "endpoints": [{"kind": k, "name": n, "url": u} for k, n, u in self.endpoints],
-            "children": [{"name": c.name, "pid": c.pid} for c in self.supervisor.children],
+            "children": [{"name": c.name, "pid": c.pid, "restarts": c.restarts} for c in self.supervisor.children],
         }
         (self.state_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
 

@@ -53,8 +53,16 @@ class Supervisor:
     ``stable_after_s``).
     """
 
-    def __init__(self, *, max_backoff_s: float = 30.0, stable_after_s: float = 60.0, ready_timeout_s: float = 300.0):
+    def __init__(
+        self,
+        *,
+        max_backoff_s: float = 30.0,
+        stable_after_s: float = 60.0,
+        ready_timeout_s: float = 300.0,
+        on_restart: Callable[[Child], None] | None = None,
+    ):
         self.children: list[Child] = []
+        self.on_restart = on_restart
         self.max_backoff_s = max_backoff_s
         self.stable_after_s = stable_after_s
         self.ready_timeout_s = ready_timeout_s
@@ -117,6 +125,8 @@ class Supervisor:
                     child.backoff_s = min(child.backoff_s * 2, self.max_backoff_s)
                     self._spawn(child)
                     logger.info("%s restarted (pid %d, restart #%d)", child.name, child.pid, child.restarts)
+                    if self.on_restart is not None:
+                        self.on_restart(child)
             await asyncio.sleep(interval)
 
     def remove(self, child: Child) -> None:
