@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import time
@@ -19,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from loadgen import post_request, run_load  # noqa: E402
-from machine import describe  # noqa: E402
+from report import save  # noqa: E402
 
 WORDS = (
     "kserve serves models on kubernetes while milvus stores vectors for retrieval and the transformer "
@@ -115,12 +114,8 @@ def main() -> None:
         "batching_recovers_of_inprocess_gain": round((on["c32"]["sps"] / off["c32"]["sps"]) / gain, 3),
         "cold_start_s": round(on["cold_start_s"], 2),
         "torch_threads": args.threads,
-        "machine": describe(),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save(result, args.output)
     print(
         f"\nserved/in-process at c32: {result['served_vs_inprocess_c32']:.2f} (target >= 0.9)\n"
         f"batching on/off at c32: {result['batching_on_vs_off_c32']:.2f} "

@@ -24,10 +24,12 @@ class LocalMilvus:
         self.log_path = Path(log_path) if log_path else None
         self.process: ServerProcess | None = None
 
-    def start(self, timeout: float = 60) -> LocalMilvus:
+    def argv(self) -> list[str]:
         exe = shutil.which("milvus-lite") or str(Path(sys.executable).parent / "milvus-lite")
-        args = [exe, "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(self.port)]
-        self.process = ServerProcess(args, ready_url=self.uri, log_path=self.log_path, name="milvus-lite").start()
+        return [exe, "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def start(self, timeout: float = 60) -> LocalMilvus:
+        self.process = ServerProcess(self.argv(), ready_url=self.uri, log_path=self.log_path, name="milvus-lite").start()
         self._wait_ready(timeout)
         return self
 

@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..manifests.bundle import Bundle, component_pod, deployment_mode
+from ..manifests.bundle import Bundle, component_pod
 from ..manifests.problem import ManifestError, ref
 from ..manifests.pods import gpu_resources
 

@@ -135,10 +135,11 @@ class LocalRunner:
         return Child(proc.revision, make, http_ready(proc.url + proc.ready_path), info={"url": proc.url})
 
     def _milvus_child(self, port: int) -> Child:
-        data = self.state_dir / "milvus"
-        exe = Path(sys.executable).with_name("milvus-lite")
-        argv = [str(exe), "server", "--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port)]
-        uri = f"http://127.0.0.1:{port}"
+        from ..pipelines.local_milvus import LocalMilvus
+
+        log = self.state_dir / "logs" / "milvus.log"
+        milvus = LocalMilvus(self.state_dir / "milvus", port=port, log_path=log)
+        argv, uri = milvus.argv(), milvus.uri
 
         async def ready() -> bool:
             try:
@@ -149,7 +150,7 @@ class LocalRunner:
                 return False
 
         def make() -> ServerProcess:
-            return ServerProcess(argv, ready_url=uri, log_path=self.state_dir / "logs" / "milvus.log", name="milvus")
+            return ServerProcess(argv, ready_url=uri, log_path=log, name="milvus")
 
         return Child("milvus", make, ready, info={"url": uri})
 
