@@ -19,7 +19,7 @@ import orjson
 from cloudevents.sdk.converters.util import has_binary_headers
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, ORJSONResponse
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from prometheus_client import REGISTRY, exposition
 
@@ -131,7 +131,7 @@ def _v2_infer_route(dataplane: DataPlane):
                             if k.lower() not in ("content-length", "content-type")}
         if isinstance(result, (bytes, bytearray)):  # binary tensor extension: JSON header + raw outputs
             return Response(content=bytes(result), headers=response_headers)
-        return ORJSONResponse(result, headers=response_headers)
+        return Response(orjson.dumps(result), media_type="application/json", headers=response_headers)
 
     return infer
 
@@ -150,10 +150,7 @@ def build_app(
     from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
     from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 
-    app = FastAPI(
-        title="ragserve", version=kserve_version(), docs_url=None, redoc_url=None,
-        default_response_class=ORJSONResponse,  # as KServe's own app
-    )
+    app = FastAPI(title="ragserve", version=kserve_version(), docs_url=None, redoc_url=None)
     dataplane = RagserveDataPlane(model_registry=repository)
     extension = ModelRepositoryExtension(model_registry=repository)
     app.state.dataplane = dataplane
