@@ -6,9 +6,9 @@ import json
 
 from .errors import Overloaded, PayloadTooLarge, RagserveError, error_payload
 
-# Health, readiness and metrics must answer even when the server is saturated.
-
-_UNLIMITED_SUFFIXES = ("/ready", "/live")
+# Only inference counts against the limit: health, readiness, metadata and
+# metrics must answer even when the server is saturated.
+_INFERENCE_SUFFIXES = ("/infer", ":predict", "/generate", "/generate_stream")
 
 
 async def _send_error(send, exc: RagserveError, path: str) -> None:
@@ -86,12 +86,7 @@ class ConcurrencyLimitMiddleware:
 
     @staticmethod
     def _limited(path: str) -> bool:
-        if path.endswith(_UNLIMITED_SUFFIXES) or path in ("/", "/metrics"):
-            return False
-        if path.startswith("/v2/health") or path.startswith("/metrics"):
-            return False
-        # Model metadata (GET /v2/models/{m}) is cheap; inference routes are not.
-        return path.endswith(("/infer", "/predict", "/generate", "/generate_stream")) or path.startswith("/openai/")
+        return path.endswith(_INFERENCE_SUFFIXES) or path.startswith("/openai/")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not self.limit or not self._limited(scope.get("path", "")):

@@ -58,3 +58,22 @@ def test_servers_bind_loopback_by_default(limited):
     with pytest.raises(OSError):
         socket.create_connection((address, limited.http_port), timeout=2).close()
     socket.create_connection(("127.0.0.1", limited.http_port), timeout=2).close()
+
+
+@pytest.mark.parametrize(
+    "path, limited",
+    [
+        ("/v2/models/m/infer", True),
+        ("/v1/models/m:predict", True),  # V1 is inference too
+        ("/v2/models/m/generate_stream", True),
+        ("/openai/v1/chat/completions", True),
+        ("/v2/models/m/ready", False),
+        ("/v2/models/m", False),
+        ("/v2/health/live", False),
+        ("/metrics", False),
+    ],
+)
+def test_only_inference_counts_against_the_concurrency_limit(path, limited):
+    from ragserve.limits import ConcurrencyLimitMiddleware
+
+    assert ConcurrencyLimitMiddleware._limited(path) is limited

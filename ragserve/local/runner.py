@@ -27,7 +27,7 @@ import uvicorn
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..manifests.problem import ManifestError
+from ..manifests.bundle import deployment_mode
 from ..manifests.render import render
 from ..procs import ServerProcess
 from .control import build_control_app, kubeconfig
@@ -288,8 +288,8 @@ class LocalRunner:
             "address": {"url": self.plan.entry(name).url},
             "components": components,
             "conditions": [{"type": "Ready", "status": "True"}],
-            "deploymentMode": "Standard" if (obj.get("spec") or {}).get("canary") is not None
-            or "Standard" in json.dumps((obj.get("metadata") or {}).get("annotations") or {}) else "Serverless",
+            # KServe reports Knative mode as "Serverless"
+            "deploymentMode": "Serverless" if deployment_mode(obj) == "Knative" else deployment_mode(obj),
         }
         predictor = self.ingresses.get(f"{name}-predictor")
         if predictor and predictor.canary and (obj.get("spec") or {}).get("canary"):
@@ -417,5 +417,3 @@ def read_state(state_dir: str) -> dict | None:
         return None
     return json.loads(path.read_text())
 
-
-__all__ = ["UpSettings", "LocalRunner", "read_state", "ManifestError"]
