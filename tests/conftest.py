@@ -18,6 +18,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from ragserve.kserve_release import CRDS, OIP_REST_SPEC, PinnedFiles, ReferenceUnavailable  # noqa: E402
 from ragserve.procs import ServerProcess, free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,3 +110,28 @@ def reference_embedder():
     from ragserve.model_assets import PACKAGED_EMBEDDING, resolve_embedding_model
 
     return SentenceTransformer(resolve_embedding_model(PACKAGED_EMBEDDING), device="cpu")
+
+
+# -- reference files from the pinned KServe release -----------------------------
+# Downloaded once into the cache, or from the mirror their setting names (CI points
+# it at its offline copy); where neither works only the tests that need them skip.
+def pinned_reference(files: PinnedFiles) -> tuple[Path | None, str]:
+    """The cached folder, or None and the one-line reason to skip."""
+    try:
+        return files.fetch(), ""
+    except ReferenceUnavailable as exc:
+        return None, f"needs KServe reference files: {exc}"
+
+
+def require_reference(files: PinnedFiles) -> Path:
+    folder, reason = pinned_reference(files)
+    if folder is None:
+        pytest.skip(reason)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def kserve_crd_dir() -> Path:
+    """KServe's CRDs (``config/crd/full/``) at the pinned release."""
+    return require_reference(CRDS)
+

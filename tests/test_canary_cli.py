@@ -3,7 +3,7 @@
 The Kubernetes stand-in answers GET/PATCH of InferenceServices the way the API
 server does (``Status`` objects for 401/403/404/409/415/422, merge-patch
 semantics, ``resourceVersion`` checks) and validates every patched object
-against KServe's CRD schema (``../shared/reference/kserve-crds``), rejecting
+against KServe's CRD schema (the pinned release, cached), rejecting
 unknown fields. The CLI reaches it through a generated kubeconfig and the
 official ``kubernetes`` client. The Prometheus stand-in answers
 ``/api/v1/query`` from recorded results and refuses any query not recorded, so
@@ -30,7 +30,6 @@ from ragserve.cli import main
 from ragserve.procs import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-CRD = REPO.parent / "shared/reference/kserve-crds/serving.kserve.io_inferenceservices.yaml"
 NS, TOKEN = "ml", "ci-token"
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -47,8 +46,8 @@ def _strict(schema):
 
 
 @pytest.fixture(scope="module")
-def isvc_schema():
-    crd = yaml.load(CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+def isvc_schema(kserve_crd_dir):
+    crd = yaml.load((kserve_crd_dir / "serving.kserve.io_inferenceservices.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     return jsonschema.Draft7Validator(_strict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]))
 
 

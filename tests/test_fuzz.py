@@ -9,7 +9,6 @@ gRPC INTERNAL/UNKNOWN), and every server still answers afterwards.
 """
 
 import copy
-from pathlib import Path
 
 import grpc
 import httpx
@@ -21,10 +20,12 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from conftest import start_server
+from conftest import pinned_reference, start_server
+from ragserve.kserve_release import OIP_REST_SPEC
 from ragserve.openai.spec import openapi_spec
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "open-inference-protocol" / "rest_predict_v2.yaml"
+# the OIP REST spec at KServe's pinned release (cached; RAGSERVE_OIP_BASE_URL names a mirror)
+SPEC_DIR, SPEC_MISSING = pinned_reference(OIP_REST_SPEC)
 EXAMPLES = 30  # per operation and mode: a bounded budget for CI
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
@@ -46,7 +47,7 @@ def servers(embedding_server, generator):
 
 
 def v2_spec(model: str) -> dict:
-    raw = yaml.safe_load(SPEC.read_text())
+    raw = yaml.safe_load((SPEC_DIR / OIP_REST_SPEC.files[0]).read_text())
     paths = {}
     for path, item in raw["paths"].items():
         concrete = path.replace("/versions/${MODEL_VERSION}", "").replace("${MODEL_NAME}", model)
@@ -78,9 +79,15 @@ def cases(server: str, spec: dict) -> list:
     ]
 
 
+def v2_cases(server: str) -> list:
+    if SPEC_DIR is None:  # one skipped case per server, naming the setting
+        return [pytest.param(server, None, None, id=f"{server} V2", marks=pytest.mark.skip(reason=SPEC_MISSING))]
+    return cases(server, v2_spec(server))
+
+
 REST_CASES = (
-    cases("embedder", v2_spec("embedder"))
-    + cases("generator", v2_spec("generator"))
+    v2_cases("embedder")
+    + v2_cases("generator")
     + cases("embedder", openai_spec("embedder", ("/openai/v1/models", "/openai/v1/embeddings")))
     + cases("generator", openai_spec("generator", ("/openai/v1/completions", "/openai/v1/chat/completions")))
 )

@@ -1,5 +1,5 @@
 """The manifests in inferenceservices/: every overlay and component renders
-and validates against the real KServe CRDs (../shared/reference); each
+and validates against the real KServe CRDs (the pinned release, cached); each
 deliberately broken bundle in fixtures/broken_manifests fails with a message
 naming the object and the field."""
 
@@ -23,15 +23,16 @@ from ragserve.manifests.render import render
 from ragserve.manifests.schema import to_jsonschema
 
 REPO = Path(__file__).resolve().parent.parent
-CRDS = REPO.parent / "shared" / "reference" / "kserve-crds"
 MANIFESTS = REPO / "inferenceservices"
 BROKEN = Path(__file__).resolve().parent / "fixtures" / "broken_manifests"
 
 needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="rendering needs kubectl (built-in kustomize)")
+# validation reads KServe's CRDs at the pinned release (skipped, naming the mirror setting, without them)
+needs_crds = pytest.mark.usefixtures("kserve_crd_dir")
 
 
 def validate(capsys, *args) -> tuple[int, str]:
-    rc = main(["validate", *map(str, args), "--crd-dir", str(CRDS)])
+    rc = main(["validate", *map(str, args)])
     out = capsys.readouterr()
     return rc, out.out + out.err
 
@@ -47,6 +48,7 @@ def kustomization(tmp_path: Path, resource: Path, components: list[str]) -> Path
     return tmp_path
 
 
+@needs_crds
 @needs_kubectl
 @pytest.mark.parametrize("overlay", ["local", "dev", "prod"])
 def test_overlay_renders_and_validates_clean(capsys, overlay):
@@ -55,6 +57,7 @@ def test_overlay_renders_and_validates_clean(capsys, overlay):
     assert "0 errors, 0 warnings" in out, out
 
 
+@needs_crds
 @needs_kubectl
 def test_every_overlay_is_validated_by_default(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
@@ -63,6 +66,7 @@ def test_every_overlay_is_validated_by_default(capsys, monkeypatch):
     assert sorted(re.findall(r"overlays/(\w+): \d+ objects", out)) == ["dev", "local", "prod"]
 
 
+@needs_crds
 @needs_kubectl
 def test_ingest_job_validates_clean(capsys):
     rc, out = validate(capsys, MANIFESTS / "jobs")
@@ -82,6 +86,7 @@ COMBINATIONS = [
 ]
 
 
+@needs_crds
 @needs_kubectl
 @pytest.mark.parametrize("components", COMBINATIONS, ids="+".join)
 def test_component_validates_clean(capsys, tmp_path, components):
@@ -91,6 +96,7 @@ def test_component_validates_clean(capsys, tmp_path, components):
     assert all("PeerAuthentication" in line for line in out.splitlines() if "warning:" in line), out
 
 
+@needs_crds
 @needs_kubectl
 def test_knative_canary_is_rejected_in_standard_mode(capsys, tmp_path):
     rc, out = validate(capsys, kustomization(tmp_path, MANIFESTS / "overlays" / "dev", ["standard-mode", "canary"]))
@@ -124,6 +130,7 @@ def test_every_broken_fixture_has_an_expectation():
     assert sorted(p.name for p in BROKEN.iterdir()) == sorted(BROKEN_CASES)
 
 
+@needs_crds
 @needs_kubectl
 @pytest.mark.parametrize("case", sorted(BROKEN_CASES))
 def test_broken_manifest_fails_naming_the_field(capsys, case):
@@ -138,10 +145,11 @@ def test_broken_manifest_fails_naming_the_field(capsys, case):
     assert any(expected in line for line in errors), out
 
 
+@needs_crds
 @needs_kubectl
 def test_cli_exit_codes_in_a_real_process():
     run = lambda *a: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "ragserve", "validate", *map(str, a), "--crd-dir", str(CRDS)],
+        [sys.executable, "-m", "ragserve", "validate", *map(str, a)],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     broken = run(BROKEN / "canary_150")
@@ -151,12 +159,12 @@ def test_cli_exit_codes_in_a_real_process():
     assert missing.returncode == 2 and "no such file or directory" in missing.stderr
 
 
-def test_crds_are_downloaded_once_and_cached(tmp_path, monkeypatch):
+def test_crds_are_downloaded_once_and_cached(tmp_path, monkeypatch, kserve_crd_dir):
     requests: list[str] = []
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(CRDS), **kw)
+            super().__init__(*a, directory=str(kserve_crd_dir), **kw)
 
         def log_message(self, fmt, *args):
             requests.append(self.path)

@@ -1,35 +1,22 @@
 """Where the KServe CRDs come from: a folder given by the user, or the pinned
-release downloaded once and cached under ``~/.cache/ragserve/crds/<version>``."""
+release downloaded once and cached under ``~/.cache/ragserve/crds/<version>``
+(:mod:`ragserve.kserve_release`)."""
 
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from ragserve.model_assets import cache_dir
+from ragserve.kserve_release import CRDS, KSERVE_RELEASE, ReferenceUnavailable
 
 from .problem import ManifestError
 from .render import _Loader
 
-# The KServe release whose CRDs `ragserve validate` checks against by default.
-# Keep it in step with the `kserve==` pin in pyproject.toml (a test checks).
-KSERVE_RELEASE = "v0.21.0"
-CRD_FILES = (
-    "serving.kserve.io_inferenceservices.yaml",
-    "serving.kserve.io_inferencegraphs.yaml",
-    "serving.kserve.io_servingruntimes.yaml",
-    "serving.kserve.io_clusterservingruntimes.yaml",
-)
-DEFAULT_BASE_URL = "https://raw.githubusercontent.com/kserve/kserve/{version}/config/crd/full/"
-BASE_URL_ENV = "RAGSERVE_CRD_BASE_URL"
-"""Env var naming a mirror of ``config/crd/full/`` (``{version}`` is filled in)."""
+CRD_FILES = CRDS.files
+BASE_URL_ENV = CRDS.mirror_env
 
 
 @dataclass
@@ -77,32 +64,15 @@ def load_crd_dir(path: str) -> CrdCatalog:
 
 
 def cached_crd_dir(version: str = KSERVE_RELEASE) -> Path:
-    return cache_dir() / "crds" / version
+    return CRDS.cached(version)
 
 
 def download_crds(version: str = KSERVE_RELEASE, base_url: str | None = None) -> Path:
     """Fetch the release's CRDs into the cache unless already there; return the folder."""
-    target = cached_crd_dir(version)
-    missing = [name for name in CRD_FILES if not (target / name).is_file()]
-    if not missing:
-        return target
-    base = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).format(version=version)
-    target.mkdir(parents=True, exist_ok=True)
-    for name in missing:
-        url = base.rstrip("/") + "/" + name
-        try:
-            with urllib.request.urlopen(url, timeout=60) as resp:
-                body = resp.read()
-        except (urllib.error.URLError, OSError) as exc:
-            raise ManifestError(
-                f"cannot download KServe {version} CRDs from {url} ({exc}); "
-                f"pass --crd-dir or set {BASE_URL_ENV} to a mirror"
-            ) from None
-        # write-then-rename: a concurrent or interrupted download never leaves half a file
-        with tempfile.NamedTemporaryFile(dir=target, delete=False) as tmp:
-            tmp.write(body)
-        os.replace(tmp.name, target / name)
-    return target
+    try:
+        return CRDS.fetch(version, base_url)
+    except ReferenceUnavailable as exc:
+        raise ManifestError(f"{exc}, or pass --crd-dir") from None
 
 
 def crd_catalog(crd_dir: Path | str | None = None, version: str = KSERVE_RELEASE) -> CrdCatalog:
