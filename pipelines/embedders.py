@@ -8,12 +8,16 @@ exactly as one filled through the predictor.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
+from ragserve.errors import PayloadTooLarge
 from ragserve.transformers.clients import EmbeddingClient, trace_headers
+
+logger = logging.getLogger("ragserve.ingest")
 
 
 class Embedder(Protocol):
@@ -25,17 +29,38 @@ class Embedder(Protocol):
 
 
 class RemoteEmbedder:
-    """Batches of chunks through the embedding predictor's V2 endpoint."""
+    """Batches of chunks through the embedding predictor's V2 endpoint.
+
+    A predictor refuses a request over its own limits (``max_batch_size``,
+    ``max_body_bytes``) with 413; the batch is then halved until it fits, and
+    every later request is sent at the size that fitted.
+    """
 
     def __init__(self, url: str, model: str, *, timeout_s: float, retries: int):
         self.client = EmbeddingClient(url, model, timeout_s=timeout_s, retries=retries)
         self._headers = trace_headers(None)  # one request id for the whole run, in the predictor's logs
+        self.request_limit: int | None = None
+        """Most texts per request the predictor accepted after a 413 (None: none refused yet)."""
 
     async def dimension(self) -> int:
         return await self.client.dimension()
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return await self.client.embed(texts, self._headers)
+        step = self.request_limit or len(texts)
+        parts = [await self._fitting(texts[i : i + step]) for i in range(0, len(texts), step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    async def _fitting(self, texts: Sequence[str]) -> np.ndarray:
+        try:
+            return await self.client.embed(texts, self._headers)
+        except PayloadTooLarge:
+            if len(texts) == 1:
+                raise  # one text alone is over the limit: nothing to split
+            half = (len(texts) + 1) // 2
+            if self.request_limit is None or half < self.request_limit:
+                logger.info("the embedding predictor refused %d texts per request: sending %d", len(texts), half)
+                self.request_limit = half
+            return np.concatenate([await self._fitting(texts[:half]), await self._fitting(texts[half:])])
 
     async def aclose(self) -> None:
         await self.client.aclose()

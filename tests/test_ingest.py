@@ -4,6 +4,7 @@ import asyncio
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import start_server
 from milvus_server import chunk_ids, chunk_vectors, ingest_command, run_ingest
 from ragserve.pipelines.ingest import IngestSettings, chunk_step, embed_step, upsert_step
 from ragserve.transformers.milvus_store import MilvusSettings, MilvusStore
@@ -40,6 +42,27 @@ def test_sample_corpus_ingests_and_reingest_is_a_no_op(milvus, embedding_server,
     assert again["skipped"] == 13 and again["chunks_upserted"] == 0
     assert again["collection_chunks"] == first["collection_chunks"]
     assert chunk_ids(milvus, "samples") == ids
+
+
+def test_ingest_sizes_its_requests_to_the_embedder(milvus, sample_ingest, tmp_path):
+    """An embedder that takes 3 texts per request answers 413 to bigger batches; ingest splits them."""
+    small = start_server("embedding", "embedder", tmp_path, "--torch-threads", "1", "--max-batch-size", "3", grpc=False)
+    try:
+        report = run_ingest(milvus, small.http_url, str(SAMPLES), "--collection", "small_requests", "--batch-size", "32")
+    finally:
+        small.process.stop()
+    assert report["documents"] == 13 and report["chunks_upserted"] == len(sample_ingest[1])
+    assert chunk_ids(milvus, "small_requests") == sample_ingest[1]
+
+
+def test_without_a_graph_ingest_says_what_to_start(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ragserve", "ingest", str(SAMPLES / "security.txt"), "--milvus-uri", str(tmp_path / "m.db"),
+         "--embedding-url", "http://127.0.0.1:9", "--retries", "0", "--progress", "false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "embedding predictor unavailable" in proc.stderr and "ragserve up" in proc.stderr and "--local" in proc.stderr
 
 
 def test_sync_mirrors_changed_and_removed_documents(milvus, embedding_server, tmp_path):

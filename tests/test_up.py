@@ -20,7 +20,7 @@ class Up:
     """A `ragserve up` subprocess and the endpoints its table printed."""
 
     def __init__(self, tmp_path: Path, *args: str, timeout: float = 600):
-        self.state_dir = tmp_path / "state"
+        self.state_dir = tmp_path / ".ragserve"  # `ragserve ingest` run from tmp_path finds it by default
         self.log = open(tmp_path / "up.log", "w+")
         env = {**os.environ, "RAGSERVE_GENERATION_MAX_TOKENS_CAP": "64"}
         self.proc = subprocess.Popen(
@@ -101,6 +101,23 @@ def test_up_answers_through_the_graph_and_stops_every_child(tmp_path):
         chunks = list(client.chat.completions.create(
             model="rag", messages=[{"role": "user", "content": question}], stream=True, max_tokens=16))
         assert any(c.choices and c.choices[0].delta.content for c in chunks)
+
+        # your own documents, with no flags: ingest goes to the running graph's Milvus and embedder
+        docs = tmp_path / "mydocs"
+        docs.mkdir()
+        (docs / "badger.md").write_text("# Project Badger\n\nProject Badger's release train departs every "
+                                        "Thursday at 14:00 from the platform team's staging cluster.\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAGSERVE_INGEST_", "RAGSERVE_UP_"))}
+        ingest = subprocess.run([sys.executable, "-m", "ragserve", "ingest", "mydocs"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert ingest.returncode == 0, ingest.stderr[-3000:]
+        assert json.loads(ingest.stdout.strip().splitlines()[-1])["documents"] == 1
+        assert "running graph" in ingest.stderr
+        body["inputs"][0]["data"] = ["When does Project Badger's release train depart?"]
+        r = httpx.post(f"{graph}/v2/models/rag/infer", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        cited = [json.loads(s)["doc_id"] for s in next(o for o in r.json()["outputs"] if o["name"] == "sources")["data"]]
+        assert cited[0].endswith("badger.md"), cited
 
         status = subprocess.run([sys.executable, "-m", "ragserve", "status", "--state-dir", str(up.state_dir)],
                                 capture_output=True, text=True, timeout=60)

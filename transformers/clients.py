@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import orjson
 
-from ragserve.errors import BadRequest, DependencyUnavailable, Overloaded, RagserveError
+from ragserve.errors import BadRequest, DependencyUnavailable, Overloaded, PayloadTooLarge, RagserveError
 from ragserve.metrics import DEPENDENCY_ERRORS
 
 EMBEDDING = "embedding predictor"
@@ -67,6 +67,8 @@ def _raise_for_status(dependency: str, response: httpx.Response) -> None:
     message = _error_message(response)
     if status == 429:
         raise Overloaded(f"{dependency} is overloaded: {message}")
+    if status == 413:
+        raise PayloadTooLarge(f"{dependency} rejected the request as too large: {message}")
     if 400 <= status < 500:
         raise BadRequest(f"{dependency} rejected the request: {message}")
     raise DependencyUnavailable(dependency, f"HTTP {status}: {message}")

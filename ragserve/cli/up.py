@@ -11,6 +11,7 @@ import time
 
 def register(sub) -> None:
     from ragserve.local.runner import UpSettings
+    from ragserve.local.state import state_dir_default
     from ragserve.settings import add_settings_arguments
 
     up = sub.add_parser(
@@ -27,7 +28,7 @@ def register(sub) -> None:
         ("down", "stop a running `ragserve up`", run_down),
     ):
         p = sub.add_parser(name, help=helptext, description=helptext)
-        p.add_argument("--state-dir", "--state_dir", default=os.environ.get("RAGSERVE_UP_STATE_DIR", ".ragserve"),
+        p.add_argument("--state-dir", "--state_dir", default=state_dir_default(),
                        help="state folder of the `ragserve up` to address [env RAGSERVE_UP_STATE_DIR]")
         p.set_defaults(func=func)
 
@@ -36,14 +37,15 @@ def run_up(args: argparse.Namespace) -> int:
     import asyncio
 
     from ragserve.errors import RagserveError
-    from ragserve.local.runner import LocalRunner, UpSettings, read_state
+    from ragserve.local.runner import LocalRunner, UpSettings
+    from ragserve.local.state import running_state
     from ragserve.server import configure_logging
     from ragserve.settings import settings_from_args
 
     settings = settings_from_args(UpSettings, args)
     configure_logging(settings.log_level)
-    state = read_state(settings.state_dir)
-    if state and _alive(state["pid"]):
+    state = running_state(settings.state_dir)
+    if state:
         print(f"ragserve up is already running (pid {state['pid']}); `ragserve down` stops it", file=sys.stderr)
         return 1
     try:
@@ -54,26 +56,13 @@ def run_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # an exited process its parent has not reaped yet (a zombie) is gone too
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def run_status(args: argparse.Namespace) -> int:
     import httpx
 
-    from ragserve.local.runner import read_state
+    from ragserve.local.state import pid_alive, running_state
 
-    state = read_state(args.state_dir)
-    if not state or not _alive(state["pid"]):
+    state = running_state(args.state_dir)
+    if not state:
         print("ragserve up is not running", file=sys.stderr)
         return 1
     print(f"ragserve up (pid {state['pid']}) running {state['source']}")
@@ -87,22 +76,22 @@ def run_status(args: argparse.Namespace) -> int:
                 status = f"unreachable ({type(exc).__name__})"
         print(f"  {ep['kind']:8} {ep['name']:22} {ep['url']:40} {status}")
     for child in state["children"]:
-        print(f"  process  {child['name']:22} pid {child['pid']}  {'alive' if child['pid'] and _alive(child['pid']) else 'gone'}")
+        print(f"  process  {child['name']:22} pid {child['pid']}  {'alive' if child['pid'] and pid_alive(child['pid']) else 'gone'}")
     return 0
 
 
 def run_down(args: argparse.Namespace) -> int:
-    from ragserve.local.runner import read_state
+    from ragserve.local.state import pid_alive, running_state
 
-    state = read_state(args.state_dir)
-    if not state or not _alive(state["pid"]):
+    state = running_state(args.state_dir)
+    if not state:
         print("ragserve up is not running", file=sys.stderr)
         return 1
     os.kill(state["pid"], signal.SIGTERM)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _alive(state["pid"]):
+    while time.monotonic() < deadline and pid_alive(state["pid"]):
         time.sleep(0.2)
-    if _alive(state["pid"]):
+    if pid_alive(state["pid"]):
         print(f"ragserve up (pid {state['pid']}) did not stop within 60 s", file=sys.stderr)
         return 1
     print("ragserve up stopped")

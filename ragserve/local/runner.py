@@ -33,11 +33,11 @@ from ..procs import ServerProcess
 from .control import build_control_app, kubeconfig
 from .ingress import ComponentIngress, Revision
 from .plan import Plan, Planner, PortAllocator, Process, RevisionStore, spec_hash
+from .state import STATE_FILE
 from .supervisor import Child, Supervisor, http_ready
 
 logger = logging.getLogger("ragserve.up")
 
-STATE_FILE = "up.json"
 
 
 class UpSettings(BaseSettings):
@@ -115,6 +115,7 @@ class LocalRunner:
         self.children: dict[str, Child] = {}  # revision -> child
         self.servers: list[tuple[_Server, asyncio.Task]] = []
         self.endpoints: list[tuple[str, str, str]] = []
+        self.ingest_env: dict[str, str] = {}
         self.plan: Plan | None = None
         self.objects: dict[str, dict] = {}  # isvc name -> object as patched through the control endpoint
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
@@ -172,9 +173,15 @@ class LocalRunner:
         seconds = await self.supervisor.start(child)
         logger.info("%-28s ready in %5.1fs  %s", proc.revision, seconds, proc.url)
 
-    async def _ingest_if_empty(self, plan: Plan, milvus_uri: str) -> None:
+    def _ingest_env(self, plan: Plan, milvus_uri: str) -> dict[str, str]:
+        """What an ingestion into this graph runs with: the transformer's env, pointed at the local
+        Milvus and embedder (recorded in the state file for a later ``ragserve ingest``)."""
         env = next((p.env for p in plan.processes() if p.role == "transformer"), None) or plan.processes()[0].env
         collection = env.get("RAGSERVE_INGEST_COLLECTION") or env.get("RAGSERVE_RAG_COLLECTION") or "ragserve_docs"
+        return {**env, "RAGSERVE_INGEST_COLLECTION": collection, "RAGSERVE_INGEST_MILVUS_URI": milvus_uri}
+
+    async def _ingest_if_empty(self, env: dict[str, str], milvus_uri: str) -> None:
+        collection = env["RAGSERVE_INGEST_COLLECTION"]
         rows = await asyncio.to_thread(_row_count, milvus_uri, collection)
         if rows:
             logger.info("collection %s has %d chunks: not ingesting", collection, rows)
@@ -226,8 +233,10 @@ class LocalRunner:
         procs = plan.processes()
         for proc in [p for p in procs if p.role == "predictor"]:
             await self._start_revision(proc)
-        if self.settings.ingest and needs_milvus:
-            await self._ingest_if_empty(plan, milvus_uri)
+        if needs_milvus:
+            self.ingest_env = self._ingest_env(plan, milvus_uri)
+            if self.settings.ingest:
+                await self._ingest_if_empty(self.ingest_env, milvus_uri)
         for proc in [p for p in procs if p.role != "predictor"]:
             await self._start_revision(proc)
 
@@ -360,6 +369,8 @@ class LocalRunner:
             "source": str(self.source()),
             "endpoints": [{"kind": k, "name": n, "url": u} for k, n, u in self.endpoints],
             "children": [{"name": c.name, "pid": c.pid, "restarts": c.restarts} for c in self.supervisor.children],
+            # `ragserve ingest` without flags reads these (only the ingestion settings, no secrets)
+            "ingest": {k: v for k, v in self.ingest_env.items() if k.startswith("RAGSERVE_INGEST_")},
         }
         (self.state_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
 
@@ -409,11 +420,3 @@ def _row_count(uri: str, collection: str) -> int:
         return int(client.get_collection_stats(collection).get("row_count", 0))
     finally:
         client.close()
-
-
-def read_state(state_dir: str) -> dict | None:
-    path = Path(state_dir) / STATE_FILE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
-
