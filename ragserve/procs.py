@@ -17,6 +17,19 @@ from pathlib import Path
 
 import httpx
 
+# grpcio >= 1.81 restarts its poller thread in a forked child; when Popen then closes
+# the child's fds before exec, that thread aborts the child with "epoll_wait ... Bad file
+# descriptor" (grpc/grpc#43055) -- seen here as a server "exited with -6 before ready".
+# Our children fork only to exec (``preexec_fn`` forces a plain fork), never to use gRPC,
+# so gRPC's fork handling is off in every process that starts them. Set before gRPC loads.
+GRPC_FORK_SAFE_ENV = {"GRPC_EXPERIMENTS": "-event_engine_fork"}
+
+
+def grpc_fork_safe() -> None:
+    """Switch gRPC's fork handlers off unless the user configured gRPC experiments."""
+    for key, value in GRPC_FORK_SAFE_ENV.items():
+        os.environ.setdefault(key, value)
+
 
 def _die_with_parent() -> None:
     """In the child, before exec: ask Linux to SIGTERM us when our parent dies.

@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ragserve.procs import grpc_fork_safe
+
+    grpc_fork_safe()  # before any command module loads gRPC
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
