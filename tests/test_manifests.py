@@ -38,12 +38,18 @@ def validate(capsys, *args) -> tuple[int, str]:
 
 
 def kustomization(tmp_path: Path, resource: Path, components: list[str]) -> Path:
-    """A throwaway overlay; kustomize accepts only relative paths to other kustomizations."""
+    """A throwaway overlay; kustomize accepts only relative paths to other kustomizations.
+    Over the bare base it pins the images, as every overlay does."""
     rel = lambda p: os.path.relpath(p, tmp_path)  # noqa: E731
     comps = ", ".join(rel(MANIFESTS / "components" / c) for c in components)
+    images = ""
+    if resource == MANIFESTS / "base":
+        images = "images:\n" + "".join(
+            f"  - {{name: ragserve-{n}, newName: ghcr.io/ragserve/{n}, newTag: 0.1.0}}\n"
+            for n in ("embedding", "generation", "rag-transformer"))
     (tmp_path / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources: [{rel(resource)}]\ncomponents: [{comps}]\n"
+        f"resources: [{rel(resource)}]\ncomponents: [{comps}]\n{images}"
     )
     return tmp_path
 
@@ -66,31 +72,63 @@ def test_every_overlay_is_validated_by_default(capsys, monkeypatch):
     assert sorted(re.findall(r"overlays/(\w+): \d+ objects", out)) == ["dev", "local", "prod"]
 
 
-@needs_crds
-@needs_kubectl
-def test_ingest_job_validates_clean(capsys):
-    rc, out = validate(capsys, MANIFESTS / "jobs")
-    assert rc == 0 and "0 errors, 0 warnings" in out, out
-
-
+# every combination the READMEs document, on the dev overlay (CPU) and on a
+# bare base (the GPU predictor as base/ writes it); canary/standard goes last:
+# it derives the canary from the predictor the components before it produced
 COMBINATIONS = [
     ["gpu"],
     ["gpu", "gpu-mig"],
     ["gpu-timeslice"],
     ["scale-to-zero"],
     ["gpu", "scale-to-zero", "canary"],
+    ["gpu", "gpu-timeslice", "scale-to-zero", "canary", "model-pvc"],
     ["model-pvc"],
     ["standard-mode"],
+    ["standard-mode", "canary/standard"],
     ["standard-mode", "scale-to-zero", "canary/standard"],
+    ["gpu", "gpu-timeslice", "model-pvc", "scale-to-zero", "standard-mode", "canary/standard"],
+    ["gpu", "gpu-mig", "standard-mode", "canary/standard"],
     ["mesh"],
+    ["mesh", "standard-mode", "canary/standard"],
 ]
 
 
 @needs_crds
 @needs_kubectl
+@pytest.mark.parametrize("folder", ["jobs", "cluster"])
+def test_separately_applied_kustomizations_validate_clean(capsys, folder):
+    rc, out = validate(capsys, MANIFESTS / folder)
+    assert rc == 0 and "0 errors, 0 warnings" in out, out
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ["local", "dev", "prod"])
+def test_cluster_scoped_objects_stay_out_of_the_overlays(overlay):
+    """`kubectl delete -k overlays/dev` must not delete what prod needs (PriorityClass)."""
+    kinds = {o["kind"] for o in render(MANIFESTS / "overlays" / overlay)}
+    assert not kinds & {"PriorityClass", "Namespace", "ClusterRole", "ClusterRoleBinding", "ClusterServingRuntime"}
+    (priority_class,) = render(MANIFESTS / "cluster")
+    assert "globalDefault" not in priority_class  # the API server's default; spelled out it reads as a change
+
+
+@needs_kubectl
+@pytest.mark.parametrize("components", [c for c in COMBINATIONS if "canary/standard" in c], ids="+".join)
+def test_standard_canary_is_derived_from_the_stable_predictor(tmp_path, components):
+    rag = next(o for o in render(kustomization(tmp_path, MANIFESTS / "overlays" / "dev", components))
+               if o["kind"] == "InferenceService" and o["metadata"]["name"] == "rag")
+    stable, (canary,) = rag["spec"]["predictor"], rag["spec"]["canary"]
+    dropped = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "autoScaling"}
+    assert {k: v for k, v in canary["predictor"].items() if k != "name"} == {
+        **{k: v for k, v in stable.items() if k not in dropped}, "model": {**stable["model"], "name": ""}}
+    assert canary["predictor"]["name"] == "candidate"
+
+
+@needs_crds
+@needs_kubectl
+@pytest.mark.parametrize("base", ["overlays/dev", "base"])
 @pytest.mark.parametrize("components", COMBINATIONS, ids="+".join)
-def test_component_validates_clean(capsys, tmp_path, components):
-    rc, out = validate(capsys, kustomization(tmp_path, MANIFESTS / "overlays" / "dev", components))
+def test_component_validates_clean(capsys, tmp_path, components, base):
+    rc, out = validate(capsys, kustomization(tmp_path, MANIFESTS / base, components))
     assert rc == 0, out
     # only kinds without a Kubernetes schema (Istio's) may warn
     assert all("PeerAuthentication" in line for line in out.splitlines() if "warning:" in line), out
@@ -123,6 +161,31 @@ BROKEN_CASES = {
     "standard_canary_without_model_name": "InferenceService/rag: spec.canary[0].predictor.model.name: required field is missing",
     "unpinned_image": "InferenceService/rag: spec.transformer.containers[0].image: 'ghcr.io/ragserve/rag-transformer:latest' is not pinned",
     "secret_with_values.yaml": "Secret/ragserve-milvus: stringData: Secret values do not belong in the bundle",
+    # KServe's validating webhook (issue 12: items 1, 2, 8)
+    "keda_scale_metric": "InferenceService/embedder: spec.predictor.scaleMetric: not supported with autoscalerClass keda",
+    "canary_without_predictor_name": "InferenceService/rag: spec.canary[0].predictor.name: canary[0] predictor.name is required",
+    "canary_max_replicas": "InferenceService/rag: spec.canary[0].predictor.maxReplicas: must not set maxReplicas: a KServe canary uses fixed replicas",
+    "canary_autoscaling": "InferenceService/rag: spec.canary[0].predictor.autoScaling: must not set autoScaling",
+    "canary_min_replicas_above_stable": "InferenceService/rag: spec.canary[0].predictor.minReplicas: 1 must not exceed stable predictor's minReplicas (0)",
+    "canary_in_knative_mode": "InferenceService/rag: spec.canary: only supported in Standard deployment mode",
+    "min_replicas_negative": "InferenceService/embedder: spec.predictor.minReplicas: -1 is negative",
+    "isvc_bad_name": "InferenceService/2embedder: metadata.name: '2embedder': an InferenceService name must",
+    "autoscaler_class_unknown": "InferenceService/embedder: metadata.annotations.serving.kserve.io/autoscalerClass: 'kpa' is not a supported autoscaler class",
+    "hpa_metric_concurrency": "InferenceService/embedder: spec.predictor.scaleMetric: 'concurrency' is not an HPA metric",
+    "graph_bad_name": "InferenceGraph/rag.graph: metadata.name: 'rag.graph': an InferenceGraph name must",
+    "stable_model_name": "InferenceService/rag: spec.predictor.model.name: must be empty",
+    # the API server's own validation of core objects
+    "label_value_too_long": "ConfigMap/ragserve-settings: metadata.labels.team: label value 'xxx",
+    "annotation_bad_key": "ServiceAccount/ragserve: metadata.annotations.ragserve.io/owner/team: annotation key 'ragserve.io/owner/team' has more than one '/'",
+    "bad_object_name": "ServiceAccount/RagServe: metadata.name: 'RagServe' must be lowercase",
+    "pdb_min_and_max": "PodDisruptionBudget/embedder-predictor: spec.maxUnavailable: minAvailable and maxUnavailable cannot be both set",
+    "selector_bad_operator": "NetworkPolicy/ragserve-predictors: spec.podSelector.matchExpressions[0].operator: 'Equals' is not a valid selector operator",
+    "bad_port": "NetworkPolicy/ragserve-milvus-clients: spec.egress[0].ports[0].port: 195300 is not a valid port number",
+    "bad_cidr": "NetworkPolicy/ragserve-egress: spec.egress[2].to[0].ipBlock.cidr: '10.0.0.0/33' is not a valid CIDR",
+    "configmap_bad_key": "ConfigMap/ragserve-settings: data.RAGSERVE RAG TOP K: key 'RAGSERVE RAG TOP K' must be",
+    "priorityclass_value_too_high": "PriorityClass/ragserve-llm: value: 2000000000 is above 1000000000",
+    # house rule: the GPU quota covers the bundle's maxima (issue 12, item 6)
+    "quota_below_gpu_maxima": "ResourceQuota/ragserve-gpu: spec.hard.requests.nvidia.com/gpu: 4 is below the 8",
 }
 
 
