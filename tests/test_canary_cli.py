@@ -688,3 +688,21 @@ def test_a_change_kubectl_apply_would_revert_is_named(capsys, kubeconfig, kube):
     assert "note: the next `kubectl apply` of this object's manifests sets spec.predictor.canaryTrafficPercent back" in out
     code, out, _ = ragserve(capsys, kubeconfig, "set", "rag-embedder", "10")  # what apply would set anyway
     assert "note:" not in out
+
+
+def test_knative_canary_percent_reapplied_after_promote_only_arms_the_next_rollout(capsys, kubeconfig, kube):
+    """After `ragserve canary promote`, the next `kubectl apply -k` of prod sets canaryTrafficPercent 10 again."""
+    code, _, err = ragserve(capsys, kubeconfig, "promote", "rag-embedder")
+    assert code == 0, err
+    obj = kube.objects["rag-embedder"]
+    obj["spec"]["predictor"]["canaryTrafficPercent"] = 10  # what the re-apply writes back
+    pstatus = obj["status"]["components"]["predictor"]  # KServe, reconciled: one revision, rolled out
+    pstatus.update(latestRolledoutRevision=KNATIVE_LATEST, previousRolledoutRevision=KNATIVE_PREV,
+                   traffic=[{"revisionName": KNATIVE_LATEST, "percent": 100, "latestRevision": True}])
+    code, out, _ = ragserve(capsys, kubeconfig, "status", "rag-embedder")
+    assert "canary: none in progress (canaryTrafficPercent 10 is set: the next spec change starts as a canary at 10%)" in out
+    code, _, err = ragserve(capsys, kubeconfig, "promote", "rag-embedder")
+    assert code == 1 and "no canary in progress" in err
+    obj["metadata"]["generation"] = 3  # a new tag applied, not yet reconciled: the spec says canary
+    code, out, _ = ragserve(capsys, kubeconfig, "status", "rag-embedder")
+    assert "canary: in progress, 10% configured" in out

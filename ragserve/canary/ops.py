@@ -140,7 +140,13 @@ def canary_state(isvc: InferenceService) -> CanaryState:
             for k in _REVISION_FIELDS
             if pstatus.get(k)
         }
-        return CanaryState(**common, in_progress=percent is not None, canary_percent=percent, traffic=tuple(traffic),
+        # canaryTrafficPercent stays set after `kubectl apply` of a kustomization that has it: with
+        # one revision rolled out and nothing newer, it only arms the next rollout
+        latest = pstatus.get("latestCreatedRevision") or pstatus.get("latestReadyRevision")
+        status_current = (isvc.get("status") or {}).get("observedGeneration") == meta.get("generation")
+        armed_only = status_current and latest and latest == pstatus.get("latestRolledoutRevision")
+        return CanaryState(**common, in_progress=percent is not None and not armed_only, canary_percent=percent,
+                           traffic=tuple(traffic),
                            revisions=revisions)
     canaries = (isvc.get("spec") or {}).get("canary") or []
     statuses = (isvc.get("status") or {}).get("canaryStatuses") or []
@@ -300,6 +306,9 @@ def render_state(state: CanaryState) -> str:
                      "the mode shown is the annotation's, else KServe's default (Knative)")
     if state.in_progress:
         lines.append(f"canary: in progress, {state.canary_percent}% configured")
+    elif state.canary_percent is not None:
+        lines.append(f"canary: none in progress (canaryTrafficPercent {state.canary_percent} is set: the next "
+                     f"spec change starts as a canary at {state.canary_percent}%)")
     else:
         lines.append("canary: none in progress")
     lines.append("traffic:")
