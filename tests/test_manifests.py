@@ -334,3 +334,82 @@ def test_graph_switch_routes_v2_requests_by_input_name():
     assert route(v2("text", "a passage", "another")) == "embedder"
     assert route(v2("text_input", "What is KServe?")) == "rag"
     assert route({"instances": ["v1 bodies match no step"]}) is None
+
+
+# -- the API server's and KServe's rules, one by one (pure functions) ------------------
+
+@pytest.mark.parametrize(("key", "ok"), [
+    ("app.kubernetes.io/part-of", True), ("team", True), ("a_b.c-D9", True),
+    ("a/b/c", False), ("-team", False), ("x" * 64, False), ("Example.com/team", False), ("/team", False),
+])
+def test_qualified_names(key, ok):
+    from ragserve.manifests.core import qualified_name
+
+    assert (qualified_name(key) is None) == ok
+
+
+def _deployment(container: dict, **pod) -> dict:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+            "spec": {"selector": {"matchLabels": {"app": "d"}},
+                     "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": [container], **pod}}}}
+
+
+@pytest.mark.parametrize(("container", "pod", "expected"), [
+    ({"name": "c", "ports": [{"containerPort": 8080, "name": "http1", "hostPort": 0}]}, {}, []),
+    ({"name": "c", "ports": [{"containerPort": 0}]}, {}, ["spec.template.spec.containers[0].ports[0].containerPort"]),
+    ({"name": "c", "ports": [{"containerPort": 80, "name": "a--b"}]}, {}, ["spec.template.spec.containers[0].ports[0].name"]),
+    ({"name": "c", "ports": [{"containerPort": 80, "name": "8080"}]}, {}, ["spec.template.spec.containers[0].ports[0].name"]),
+    ({"name": "c", "readinessProbe": {"httpGet": {"port": "HTTP"}}}, {}, ["spec.template.spec.containers[0].readinessProbe.httpGet.port"]),
+    ({"name": "c"}, {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}, ["spec.template.spec.tolerations[0].value"]),
+    ({"name": "c"}, {"nodeSelector": {"gpu": "yes please"}}, ["spec.template.spec.nodeSelector.gpu"]),
+    ({"name": "c"}, {"topologySpreadConstraints": [{"labelSelector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}}]},
+     ["spec.template.spec.topologySpreadConstraints[0].labelSelector.matchExpressions[0].values"]),
+])
+def test_core_rules_in_pod_templates(container, pod, expected):
+    from ragserve.manifests.core import check_core_rules
+
+    assert [p.path for p in check_core_rules(_deployment(container, **pod))] == expected
+
+
+def test_core_rules_cidr_except_and_config_keys():
+    from ragserve.manifests.core import check_core_rules
+
+    policy = {"kind": "NetworkPolicy", "metadata": {"name": "p"}, "spec": {"podSelector": {}, "egress": [
+        {"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16", "192.168.0.0/16"]}}],
+         "ports": [{"port": 8000, "endPort": 7000}]}]}}
+    assert [(p.path, p.message) for p in check_core_rules(policy)] == [
+        ("spec.egress[0].ports[0].endPort", "7000 is below port 8000"),
+        ("spec.egress[0].to[0].ipBlock.except[1]", "192.168.0.0/16 is not inside cidr 10.0.0.0/8")]
+    config = {"kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"port": "x", "a": "1"}, "binaryData": {"a": "MQ=="}}
+    assert [p.path for p in check_core_rules(config)] == ["binaryData.a"]  # data keys named like fields are data
+
+
+@pytest.mark.parametrize(("annotations", "scale_metric", "error"), [
+    ({}, "concurrency", None),
+    ({}, "cpu", "'cpu' is not a Knative (KPA) metric"),
+    ({"autoscaling.knative.dev/class": "hpa.autoscaling.knative.dev"}, "cpu", None),
+    ({"serving.kserve.io/deploymentMode": "Standard", "serving.kserve.io/autoscalerClass": "hpa"}, "memory", None),
+    ({"serving.kserve.io/deploymentMode": "Standard", "serving.kserve.io/autoscalerClass": "external"}, "rps", None),
+])
+def test_webhook_scale_metric_by_mode_and_autoscaler(annotations, scale_metric, error):
+    from ragserve.manifests.webhook import check_webhook
+
+    isvc = {"kind": "InferenceService", "metadata": {"name": "m", "annotations": annotations},
+            "spec": {"predictor": {"scaleMetric": scale_metric, "model": {"modelFormat": {"name": "x"}}}}}
+    messages = [p.message for p in check_webhook(isvc)]
+    if error is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and messages[0].startswith(error), messages
+
+
+def test_webhook_canary_names():
+    from ragserve.manifests.webhook import check_webhook
+
+    canary = lambda name: {"trafficPercent": 10, "predictor": {"name": name, "model": {"name": ""}}}  # noqa: E731
+    isvc = {"kind": "InferenceService",
+            "metadata": {"name": "m", "annotations": {"serving.kserve.io/deploymentMode": "Standard"}},
+            "spec": {"predictor": {"name": "v1", "model": {}}, "canary": [canary("v2"), canary("v2"), canary("v1")]}}
+    assert [(p.path, p.message.split(":")[0]) for p in check_webhook(isvc)] == [
+        ("spec.canary[1].predictor.name", "'v2' is duplicated"),
+        ("spec.canary[2].predictor.name", "'v1' conflicts with stable predictor's name")]

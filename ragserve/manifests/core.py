@@ -63,9 +63,11 @@ def dns1123_subdomain(value: str) -> str | None:
 
 
 def qualified_name(key: str) -> str | None:
-    prefix, _, name = key.rpartition("/")
+    prefix, slash, name = key.rpartition("/")
     if "/" in prefix:
         return "has more than one '/'"
+    if slash and not prefix:
+        return "has an empty prefix before '/'"
     if prefix and dns1123_subdomain(prefix):
         return f"prefix {prefix!r} {dns1123_subdomain(prefix)}"
     if not name or len(name) > 63 or not _LABEL_NAME.match(name):
