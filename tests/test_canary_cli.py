@@ -636,6 +636,7 @@ def test_standard_round_trip_keeps_the_stable_predictor_whole(capsys, kubeconfig
     assert code == 0, err
     code, out, err = ragserve(capsys, kubeconfig, "status", "rag")
     assert "canary: in progress, 5% configured" in out
+    assert "deployment rag-candidate-predictor" in out
     code, _, err = ragserve(capsys, kubeconfig, "rollback", "rag")
     assert code == 0, err
     assert kube.objects["rag"]["spec"]["predictor"] == promoted

@@ -316,6 +316,8 @@ def render_state(state: CanaryState) -> str:
         extra = f"  tag {t.tag}" if t.tag else ""
         if t.ready is not None:
             extra += f"  ready {t.ready}"
+        if t.workload and t.workload != t.name:
+            extra += f"  deployment {t.workload}"
         lines.append(f"  {t.role:<7} {t.name:<40} {t.percent:>3}%{extra}")
     if state.revisions:
         lines.append("revisions: " + ", ".join(f"{k}={v}" for k, v in state.revisions.items()))
