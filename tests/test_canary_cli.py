@@ -65,6 +65,7 @@ class KubeApi:
         self.schema = schema
         self.objects: dict[str, dict] = {}
         self.patches: list[tuple[str, str, dict]] = []  # (name, content type, body)
+        self.field_managers: list[str] = []  # ?fieldManager= of each PATCH
         self.forbidden: set[tuple[str, str]] = set()  # (verb, name)
         self.modify_before_next_patch = False
         path = "/apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{name}"
@@ -91,6 +92,7 @@ class KubeApi:
         content_type = request.headers.get("content-type", "")
         patch = json.loads(await request.body())
         self.patches.append((name, content_type, patch))
+        self.field_managers.append(request.query_params.get("fieldManager", ""))
         if content_type != MERGE_PATCH:
             return _status(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {content_type}")
         if self.modify_before_next_patch:  # someone else wrote in between
@@ -143,6 +145,7 @@ def prometheus():
 def _reset(kube, prometheus):
     kube.objects.clear()
     kube.patches.clear()
+    kube.field_managers.clear()
     kube.forbidden.clear()
     kube.add(knative_isvc())
     kube.add(standard_isvc())
@@ -216,6 +219,7 @@ def knative_isvc() -> dict:
 
 
 STANDARD_CANARY_PREDICTOR = {
+    "name": "v2",
     "minReplicas": 1,
     "model": {"name": "", "modelFormat": {"name": "huggingface"}, "runtime": "ragserve-generation",
               "storageUri": "pvc://models/smollm2-v2"},
@@ -240,7 +244,8 @@ def standard_isvc() -> dict:
             "url": "http://rag-generator-ml.example.com",
             "address": {"url": "http://rag-generator-predictor.ml.svc.cluster.local"},
             "components": {"predictor": {"url": "http://rag-generator-predictor.ml.svc.cluster.local"}},
-            "canaryStatuses": [{"name": "rag-generator-predictor-canary", "ready": True, "trafficPercent": 20}],
+            # KServe reports a canary by its variant name (spec.canary[].predictor.name)
+            "canaryStatuses": [{"name": "v2", "ready": True, "trafficPercent": 20}],
             "conditions": _conditions(),
         },
     }
@@ -293,8 +298,9 @@ def test_status_standard_and_namespace_from_kubeconfig_env(capsys, kubeconfig, m
     assert code == 0, err
     state = json.loads(out)
     assert state["mode"] == "Standard" and state["namespace"] == NS and state["in_progress"]
-    assert [(t["name"], t["percent"], t["role"], t["ready"]) for t in state["traffic"]] == [
-        ("rag-generator-predictor", 80, "stable", True), ("rag-generator-predictor-canary", 20, "canary", True)]
+    assert [(t["name"], t["percent"], t["role"], t["ready"], t["workload"]) for t in state["traffic"]] == [
+        ("rag-generator-predictor", 80, "stable", True, "rag-generator-predictor"),
+        ("v2", 20, "canary", True, "rag-generator-v2-predictor")]
 
 
 def test_status_without_canary(capsys, kubeconfig):
@@ -341,20 +347,21 @@ def test_promote_knative_removes_canary_traffic_percent(capsys, kubeconfig, kube
     assert "promoted" in out
 
 
-def test_promote_standard_makes_the_canary_the_predictor(capsys, kubeconfig, kube):
+def test_promote_standard_carries_over_only_what_the_canary_changed(capsys, kubeconfig, kube):
     code, _, err = ragserve(capsys, kubeconfig, "promote", "rag-generator")
     assert code == 0, err
     (_, content_type, patch), = kube.patches
     assert content_type == MERGE_PATCH
     assert patch == {
         "metadata": {"resourceVersion": "2002"},
-        "spec": {
-            "predictor": {"minReplicas": 1, "model": {"name": "", "storageUri": "pvc://models/smollm2-v2", "resources": None}},
-            "canary": None,
-        },
+        "spec": {"predictor": {"model": {"storageUri": "pvc://models/smollm2-v2"}}, "canary": None},
     }
-    spec = kube.objects["rag-generator"]["spec"]
-    assert spec == {"predictor": STANDARD_CANARY_PREDICTOR}  # exactly the canary's predictor; schema-checked
+    predictor = kube.objects["rag-generator"]["spec"]["predictor"]
+    assert predictor["model"]["storageUri"] == "pvc://models/smollm2-v2"  # the canary's model
+    assert predictor["minReplicas"] == 2  # the stable's replicas, not the canary's
+    assert predictor["model"]["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    assert "name" not in predictor and "name" not in predictor["model"]
+    assert kube.field_managers == ["ragserve"]
 
 
 def test_rollback_knative_pins_traffic_to_the_previous_revision(capsys, kubeconfig, kube):
@@ -515,7 +522,7 @@ def test_analyze_standard_mode(capsys, kubeconfig, kube, prometheus):
         }
 
     prometheus.results.update(side("rag-generator-predictor", 800.0, 4.0, 0.9))
-    prometheus.results.update(side("rag-generator-predictor-canary", 200.0, 1.0, 0.95))
+    prometheus.results.update(side("rag-generator-v2-predictor", 200.0, 1.0, 0.95))
     code, out, err = ragserve(capsys, kubeconfig, "analyze", "rag-generator", "--prometheus", prometheus.url,
                               "--apply")
     assert code == 0, err
@@ -540,3 +547,163 @@ def test_analyze_flags_are_checked_before_the_cluster_is_touched(capsys, kube, f
     code = main(["canary", "analyze", "rag-embedder", "--kubeconfig", "/nonexistent", *flags])
     assert code == 1
     assert message in capsys.readouterr().err
+
+
+# -- Standard mode round trip on the bundle's own LLM predictor ---------------------
+
+KEPT_FIELDS = ("nodeSelector", "tolerations", "topologySpreadConstraints", "priorityClassName", "affinity",
+               "minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "autoScaling", "annotations", "labels",
+               "serviceAccountName", "securityContext", "timeout")
+
+
+def rendered_rag(tmp_path, components: list[str]) -> dict:
+    """The `rag` InferenceService of overlays/dev with ``components``, as kustomize renders it."""
+    import os
+    import shutil
+
+    from ragserve.manifests.render import render
+
+    if shutil.which("kubectl") is None:
+        pytest.skip("rendering needs kubectl (built-in kustomize)")
+    rel = lambda p: os.path.relpath(p, tmp_path)  # noqa: E731
+    comps = ", ".join(rel(REPO / "inferenceservices" / "components" / c) for c in components)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{rel(REPO / 'inferenceservices' / 'overlays' / 'dev')}]\ncomponents: [{comps}]\n")
+    rag = next(o for o in render(tmp_path) if o["kind"] == "InferenceService" and o["metadata"]["name"] == "rag")
+    rag["metadata"].update(namespace=NS, resourceVersion="7")
+    rag["status"] = {"deploymentMode": "Standard", "conditions": _conditions()}
+    return rag
+
+
+def hpa_variant(rag: dict) -> dict:
+    """The same predictor under KServe's HPA: scaleMetric/scaleTarget, and a PriorityClass."""
+    rag = copy.deepcopy(rag)
+    rag["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] = "hpa"
+    predictor = rag["spec"]["predictor"]
+    predictor.pop("autoScaling", None)
+    predictor.update(scaleMetric="cpu", scaleTarget=80, minReplicas=1, priorityClassName="ragserve-llm")
+    return rag
+
+
+def webhook_errors(obj: dict) -> list[str]:
+    from ragserve.manifests.bundle import Bundle
+    from ragserve.manifests.rules import check_rules
+
+    return [str(p) for p in check_rules(obj, Bundle([obj])) if p.severity == "error"]
+
+
+@pytest.mark.parametrize("autoscaler", ["keda", "hpa"])
+def test_standard_round_trip_keeps_the_stable_predictor_whole(capsys, kubeconfig, kube, tmp_path, autoscaler):
+    rag = rendered_rag(tmp_path, ["gpu", "model-pvc", "scale-to-zero", "standard-mode"])
+    if autoscaler == "hpa":
+        rag = hpa_variant(rag)
+    kube.add(rag)
+    before = copy.deepcopy(rag["spec"]["predictor"])
+    assert before["nodeSelector"] and before["tolerations"] and before["model"]["storageUri"]
+
+    code, out, err = ragserve(capsys, kubeconfig, "start", "rag", "--runtime-version", "0.1.1",
+                              "--env", "RAGSERVE_GENERATION_MAX_TOKENS_CAP=128")
+    assert code == 0, err
+    assert "spec.canary[] 'candidate' (Deployment rag-candidate-predictor) takes 10%" in out
+    obj = kube.objects["rag"]
+    canary = obj["spec"]["canary"][0]["predictor"]
+    assert obj["spec"]["predictor"] == before  # starting a canary leaves the stable predictor alone
+    assert canary["name"] == "candidate" and canary["model"]["name"] == ""
+    assert canary["model"]["runtimeVersion"] == "0.1.1"
+    assert not {"maxReplicas", "minReplicas", "scaleMetric", "scaleTarget", "autoScaling"} & set(canary)
+    for key in ("nodeSelector", "tolerations", "topologySpreadConstraints", "securityContext"):
+        assert canary[key] == before[key], key  # derived: the canary runs where the stable runs
+    assert canary["model"]["storageUri"] == before["model"]["storageUri"]
+    assert canary["model"]["resources"] == before["model"]["resources"]
+    assert webhook_errors(obj) == []
+
+    code, _, err = ragserve(capsys, kubeconfig, "promote", "rag")
+    assert code == 0, err
+    after = kube.objects["rag"]["spec"]
+    assert "canary" not in after
+    for key in KEPT_FIELDS:
+        assert after["predictor"].get(key) == before.get(key), key
+    for key in ("storageUri", "resources", "modelFormat", "runtime", "protocolVersion"):
+        assert after["predictor"]["model"].get(key) == before["model"].get(key), key
+    assert after["predictor"]["model"]["runtimeVersion"] == "0.1.1"
+    assert {"name": "RAGSERVE_GENERATION_MAX_TOKENS_CAP", "value": "128"} in after["predictor"]["model"]["env"]
+    assert "name" not in after["predictor"]["model"]  # KServe refuses model.name on the stable predictor
+    assert webhook_errors(kube.objects["rag"]) == []
+
+    promoted = copy.deepcopy(after["predictor"])
+    code, _, err = ragserve(capsys, kubeconfig, "start", "rag", "--runtime-version", "0.1.2", "--percent", "5")
+    assert code == 0, err
+    code, out, err = ragserve(capsys, kubeconfig, "status", "rag")
+    assert "canary: in progress, 5% configured" in out
+    assert "deployment rag-candidate-predictor" in out
+    code, _, err = ragserve(capsys, kubeconfig, "rollback", "rag")
+    assert code == 0, err
+    assert kube.objects["rag"]["spec"]["predictor"] == promoted
+    assert kube.field_managers == ["ragserve"] * 4
+    code, out, _ = ragserve(capsys, kubeconfig, "status", "rag")
+    assert "canary: none in progress" in out
+
+
+def test_rendered_standard_canary_component_promotes_to_the_same_predictor(capsys, kubeconfig, kube, tmp_path):
+    rag = rendered_rag(tmp_path, ["gpu", "model-pvc", "standard-mode", "canary/standard"])
+    kube.add(rag)
+    assert webhook_errors(rag) == []
+    code, _, err = ragserve(capsys, kubeconfig, "promote", "rag")
+    assert code == 0, err
+    assert kube.patches[0][2]["spec"] == {"predictor": {}, "canary": None}
+    assert kube.objects["rag"]["spec"]["predictor"] == rag["spec"]["predictor"]
+
+
+def test_start_knative_makes_a_new_revision_with_canary_traffic(capsys, kubeconfig, kube):
+    code, _, err = ragserve(capsys, kubeconfig, "start", "rag-reranker", "--image", "ghcr.io/x/reranker:2",
+                            "--percent", "15")
+    assert code == 0, err
+    assert kube.patches[0][2]["spec"] == {"predictor": {"canaryTrafficPercent": 15,
+                                                        "model": {"image": "ghcr.io/x/reranker:2"}}}
+    code, _, err = ragserve(capsys, kubeconfig, "start", "rag-embedder", "--image", "x:1")
+    assert code == 1 and "already has a canary in progress" in err
+    code, _, err = ragserve(capsys, kubeconfig, "start", "rag-reranker")
+    assert code == 1 and "say what the canary changes" in err
+
+
+def test_status_of_an_unreconciled_inferenceservice(capsys, kubeconfig, kube):
+    fresh = no_canary_isvc()
+    fresh["metadata"].update(name="fresh", annotations={})
+    del fresh["status"]
+    kube.add(fresh)
+    code, out, err = ragserve(capsys, kubeconfig, "status", "fresh")
+    assert code == 0, err
+    assert "(namespace ml, Knative mode) ready: Unknown" in out
+    assert "not reconciled yet: KServe has written no status" in out
+    assert "canary: none in progress" in out
+
+
+def test_a_change_kubectl_apply_would_revert_is_named(capsys, kubeconfig, kube):
+    applied = {"spec": {"predictor": {"canaryTrafficPercent": 10, "minReplicas": 1}}}
+    obj = knative_isvc()
+    obj["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = json.dumps(applied)
+    kube.add(obj)
+    code, out, err = ragserve(capsys, kubeconfig, "set", "rag-embedder", "40")
+    assert code == 0, err
+    assert "note: the next `kubectl apply` of this object's manifests sets spec.predictor.canaryTrafficPercent back" in out
+    code, out, _ = ragserve(capsys, kubeconfig, "set", "rag-embedder", "10")  # what apply would set anyway
+    assert "note:" not in out
+
+
+def test_knative_canary_percent_reapplied_after_promote_only_arms_the_next_rollout(capsys, kubeconfig, kube):
+    """After `ragserve canary promote`, the next `kubectl apply -k` of prod sets canaryTrafficPercent 10 again."""
+    code, _, err = ragserve(capsys, kubeconfig, "promote", "rag-embedder")
+    assert code == 0, err
+    obj = kube.objects["rag-embedder"]
+    obj["spec"]["predictor"]["canaryTrafficPercent"] = 10  # what the re-apply writes back
+    pstatus = obj["status"]["components"]["predictor"]  # KServe, reconciled: one revision, rolled out
+    pstatus.update(latestRolledoutRevision=KNATIVE_LATEST, previousRolledoutRevision=KNATIVE_PREV,
+                   traffic=[{"revisionName": KNATIVE_LATEST, "percent": 100, "latestRevision": True}])
+    code, out, _ = ragserve(capsys, kubeconfig, "status", "rag-embedder")
+    assert "canary: none in progress (canaryTrafficPercent 10 is set: the next spec change starts as a canary at 10%)" in out
+    code, _, err = ragserve(capsys, kubeconfig, "promote", "rag-embedder")
+    assert code == 1 and "no canary in progress" in err
+    obj["metadata"]["generation"] = 3  # a new tag applied, not yet reconciled: the spec says canary
+    code, out, _ = ragserve(capsys, kubeconfig, "status", "rag-embedder")
+    assert "canary: in progress, 10% configured" in out

@@ -38,12 +38,18 @@ def validate(capsys, *args) -> tuple[int, str]:
 
 
 def kustomization(tmp_path: Path, resource: Path, components: list[str]) -> Path:
-    """A throwaway overlay; kustomize accepts only relative paths to other kustomizations."""
+    """A throwaway overlay; kustomize accepts only relative paths to other kustomizations.
+    Over the bare base it pins the images, as every overlay does."""
     rel = lambda p: os.path.relpath(p, tmp_path)  # noqa: E731
     comps = ", ".join(rel(MANIFESTS / "components" / c) for c in components)
+    images = ""
+    if resource == MANIFESTS / "base":
+        images = "images:\n" + "".join(
+            f"  - {{name: ragserve-{n}, newName: ghcr.io/ragserve/{n}, newTag: 0.1.0}}\n"
+            for n in ("embedding", "generation", "rag-transformer"))
     (tmp_path / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources: [{rel(resource)}]\ncomponents: [{comps}]\n"
+        f"resources: [{rel(resource)}]\ncomponents: [{comps}]\n{images}"
     )
     return tmp_path
 
@@ -66,31 +72,63 @@ def test_every_overlay_is_validated_by_default(capsys, monkeypatch):
     assert sorted(re.findall(r"overlays/(\w+): \d+ objects", out)) == ["dev", "local", "prod"]
 
 
-@needs_crds
-@needs_kubectl
-def test_ingest_job_validates_clean(capsys):
-    rc, out = validate(capsys, MANIFESTS / "jobs")
-    assert rc == 0 and "0 errors, 0 warnings" in out, out
-
-
+# every combination the READMEs document, on the dev overlay (CPU) and on a
+# bare base (the GPU predictor as base/ writes it); canary/standard goes last:
+# it derives the canary from the predictor the components before it produced
 COMBINATIONS = [
     ["gpu"],
     ["gpu", "gpu-mig"],
     ["gpu-timeslice"],
     ["scale-to-zero"],
     ["gpu", "scale-to-zero", "canary"],
+    ["gpu", "gpu-timeslice", "scale-to-zero", "canary", "model-pvc"],
     ["model-pvc"],
     ["standard-mode"],
+    ["standard-mode", "canary/standard"],
     ["standard-mode", "scale-to-zero", "canary/standard"],
+    ["gpu", "gpu-timeslice", "model-pvc", "scale-to-zero", "standard-mode", "canary/standard"],
+    ["gpu", "gpu-mig", "standard-mode", "canary/standard"],
     ["mesh"],
+    ["mesh", "standard-mode", "canary/standard"],
 ]
 
 
 @needs_crds
 @needs_kubectl
+@pytest.mark.parametrize("folder", ["jobs", "cluster"])
+def test_separately_applied_kustomizations_validate_clean(capsys, folder):
+    rc, out = validate(capsys, MANIFESTS / folder)
+    assert rc == 0 and "0 errors, 0 warnings" in out, out
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ["local", "dev", "prod"])
+def test_cluster_scoped_objects_stay_out_of_the_overlays(overlay):
+    """`kubectl delete -k overlays/dev` must not delete what prod needs (PriorityClass)."""
+    kinds = {o["kind"] for o in render(MANIFESTS / "overlays" / overlay)}
+    assert not kinds & {"PriorityClass", "Namespace", "ClusterRole", "ClusterRoleBinding", "ClusterServingRuntime"}
+    (priority_class,) = render(MANIFESTS / "cluster")
+    assert "globalDefault" not in priority_class  # the API server's default; spelled out it reads as a change
+
+
+@needs_kubectl
+@pytest.mark.parametrize("components", [c for c in COMBINATIONS if "canary/standard" in c], ids="+".join)
+def test_standard_canary_is_derived_from_the_stable_predictor(tmp_path, components):
+    rag = next(o for o in render(kustomization(tmp_path, MANIFESTS / "overlays" / "dev", components))
+               if o["kind"] == "InferenceService" and o["metadata"]["name"] == "rag")
+    stable, (canary,) = rag["spec"]["predictor"], rag["spec"]["canary"]
+    dropped = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "autoScaling"}
+    assert {k: v for k, v in canary["predictor"].items() if k != "name"} == {
+        **{k: v for k, v in stable.items() if k not in dropped}, "model": {**stable["model"], "name": ""}}
+    assert canary["predictor"]["name"] == "candidate"
+
+
+@needs_crds
+@needs_kubectl
+@pytest.mark.parametrize("base", ["overlays/dev", "base"])
 @pytest.mark.parametrize("components", COMBINATIONS, ids="+".join)
-def test_component_validates_clean(capsys, tmp_path, components):
-    rc, out = validate(capsys, kustomization(tmp_path, MANIFESTS / "overlays" / "dev", components))
+def test_component_validates_clean(capsys, tmp_path, components, base):
+    rc, out = validate(capsys, kustomization(tmp_path, MANIFESTS / base, components))
     assert rc == 0, out
     # only kinds without a Kubernetes schema (Istio's) may warn
     assert all("PeerAuthentication" in line for line in out.splitlines() if "warning:" in line), out
@@ -123,6 +161,31 @@ BROKEN_CASES = {
     "standard_canary_without_model_name": "InferenceService/rag: spec.canary[0].predictor.model.name: required field is missing",
     "unpinned_image": "InferenceService/rag: spec.transformer.containers[0].image: 'ghcr.io/ragserve/rag-transformer:latest' is not pinned",
     "secret_with_values.yaml": "Secret/ragserve-milvus: stringData: Secret values do not belong in the bundle",
+    # KServe's validating webhook (issue 12: items 1, 2, 8)
+    "keda_scale_metric": "InferenceService/embedder: spec.predictor.scaleMetric: not supported with autoscalerClass keda",
+    "canary_without_predictor_name": "InferenceService/rag: spec.canary[0].predictor.name: canary[0] predictor.name is required",
+    "canary_max_replicas": "InferenceService/rag: spec.canary[0].predictor.maxReplicas: must not set maxReplicas: a KServe canary uses fixed replicas",
+    "canary_autoscaling": "InferenceService/rag: spec.canary[0].predictor.autoScaling: must not set autoScaling",
+    "canary_min_replicas_above_stable": "InferenceService/rag: spec.canary[0].predictor.minReplicas: 1 must not exceed stable predictor's minReplicas (0)",
+    "canary_in_knative_mode": "InferenceService/rag: spec.canary: only supported in Standard deployment mode",
+    "min_replicas_negative": "InferenceService/embedder: spec.predictor.minReplicas: -1 is negative",
+    "isvc_bad_name": "InferenceService/2embedder: metadata.name: '2embedder': an InferenceService name must",
+    "autoscaler_class_unknown": "InferenceService/embedder: metadata.annotations.serving.kserve.io/autoscalerClass: 'kpa' is not a supported autoscaler class",
+    "hpa_metric_concurrency": "InferenceService/embedder: spec.predictor.scaleMetric: 'concurrency' is not an HPA metric",
+    "graph_bad_name": "InferenceGraph/rag.graph: metadata.name: 'rag.graph': an InferenceGraph name must",
+    "stable_model_name": "InferenceService/rag: spec.predictor.model.name: must be empty",
+    # the API server's own validation of core objects
+    "label_value_too_long": "ConfigMap/ragserve-settings: metadata.labels.team: label value 'xxx",
+    "annotation_bad_key": "ServiceAccount/ragserve: metadata.annotations.ragserve.io/owner/team: annotation key 'ragserve.io/owner/team' has more than one '/'",
+    "bad_object_name": "ServiceAccount/RagServe: metadata.name: 'RagServe' must be lowercase",
+    "pdb_min_and_max": "PodDisruptionBudget/embedder-predictor: spec.maxUnavailable: minAvailable and maxUnavailable cannot be both set",
+    "selector_bad_operator": "NetworkPolicy/ragserve-predictors: spec.podSelector.matchExpressions[0].operator: 'Equals' is not a valid selector operator",
+    "bad_port": "NetworkPolicy/ragserve-milvus-clients: spec.egress[0].ports[0].port: 195300 is not a valid port number",
+    "bad_cidr": "NetworkPolicy/ragserve-egress: spec.egress[2].to[0].ipBlock.cidr: '10.0.0.0/33' is not a valid CIDR",
+    "configmap_bad_key": "ConfigMap/ragserve-settings: data.RAGSERVE RAG TOP K: key 'RAGSERVE RAG TOP K' must be",
+    "priorityclass_value_too_high": "PriorityClass/ragserve-llm: value: 2000000000 is above 1000000000",
+    # house rule: the GPU quota covers the bundle's maxima (issue 12, item 6)
+    "quota_below_gpu_maxima": "ResourceQuota/ragserve-gpu: spec.hard.requests.nvidia.com/gpu: 4 is below the 8",
 }
 
 
@@ -271,3 +334,82 @@ def test_graph_switch_routes_v2_requests_by_input_name():
     assert route(v2("text", "a passage", "another")) == "embedder"
     assert route(v2("text_input", "What is KServe?")) == "rag"
     assert route({"instances": ["v1 bodies match no step"]}) is None
+
+
+# -- the API server's and KServe's rules, one by one (pure functions) ------------------
+
+@pytest.mark.parametrize(("key", "ok"), [
+    ("app.kubernetes.io/part-of", True), ("team", True), ("a_b.c-D9", True),
+    ("a/b/c", False), ("-team", False), ("x" * 64, False), ("Example.com/team", False), ("/team", False),
+])
+def test_qualified_names(key, ok):
+    from ragserve.manifests.core import qualified_name
+
+    assert (qualified_name(key) is None) == ok
+
+
+def _deployment(container: dict, **pod) -> dict:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+            "spec": {"selector": {"matchLabels": {"app": "d"}},
+                     "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": [container], **pod}}}}
+
+
+@pytest.mark.parametrize(("container", "pod", "expected"), [
+    ({"name": "c", "ports": [{"containerPort": 8080, "name": "http1", "hostPort": 0}]}, {}, []),
+    ({"name": "c", "ports": [{"containerPort": 0}]}, {}, ["spec.template.spec.containers[0].ports[0].containerPort"]),
+    ({"name": "c", "ports": [{"containerPort": 80, "name": "a--b"}]}, {}, ["spec.template.spec.containers[0].ports[0].name"]),
+    ({"name": "c", "ports": [{"containerPort": 80, "name": "8080"}]}, {}, ["spec.template.spec.containers[0].ports[0].name"]),
+    ({"name": "c", "readinessProbe": {"httpGet": {"port": "HTTP"}}}, {}, ["spec.template.spec.containers[0].readinessProbe.httpGet.port"]),
+    ({"name": "c"}, {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}, ["spec.template.spec.tolerations[0].value"]),
+    ({"name": "c"}, {"nodeSelector": {"gpu": "yes please"}}, ["spec.template.spec.nodeSelector.gpu"]),
+    ({"name": "c"}, {"topologySpreadConstraints": [{"labelSelector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}}]},
+     ["spec.template.spec.topologySpreadConstraints[0].labelSelector.matchExpressions[0].values"]),
+])
+def test_core_rules_in_pod_templates(container, pod, expected):
+    from ragserve.manifests.core import check_core_rules
+
+    assert [p.path for p in check_core_rules(_deployment(container, **pod))] == expected
+
+
+def test_core_rules_cidr_except_and_config_keys():
+    from ragserve.manifests.core import check_core_rules
+
+    policy = {"kind": "NetworkPolicy", "metadata": {"name": "p"}, "spec": {"podSelector": {}, "egress": [
+        {"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16", "192.168.0.0/16"]}}],
+         "ports": [{"port": 8000, "endPort": 7000}]}]}}
+    assert [(p.path, p.message) for p in check_core_rules(policy)] == [
+        ("spec.egress[0].ports[0].endPort", "7000 is below port 8000"),
+        ("spec.egress[0].to[0].ipBlock.except[1]", "192.168.0.0/16 is not inside cidr 10.0.0.0/8")]
+    config = {"kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"port": "x", "a": "1"}, "binaryData": {"a": "MQ=="}}
+    assert [p.path for p in check_core_rules(config)] == ["binaryData.a"]  # data keys named like fields are data
+
+
+@pytest.mark.parametrize(("annotations", "scale_metric", "error"), [
+    ({}, "concurrency", None),
+    ({}, "cpu", "'cpu' is not a Knative (KPA) metric"),
+    ({"autoscaling.knative.dev/class": "hpa.autoscaling.knative.dev"}, "cpu", None),
+    ({"serving.kserve.io/deploymentMode": "Standard", "serving.kserve.io/autoscalerClass": "hpa"}, "memory", None),
+    ({"serving.kserve.io/deploymentMode": "Standard", "serving.kserve.io/autoscalerClass": "external"}, "rps", None),
+])
+def test_webhook_scale_metric_by_mode_and_autoscaler(annotations, scale_metric, error):
+    from ragserve.manifests.webhook import check_webhook
+
+    isvc = {"kind": "InferenceService", "metadata": {"name": "m", "annotations": annotations},
+            "spec": {"predictor": {"scaleMetric": scale_metric, "model": {"modelFormat": {"name": "x"}}}}}
+    messages = [p.message for p in check_webhook(isvc)]
+    if error is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and messages[0].startswith(error), messages
+
+
+def test_webhook_canary_names():
+    from ragserve.manifests.webhook import check_webhook
+
+    canary = lambda name: {"trafficPercent": 10, "predictor": {"name": name, "model": {"name": ""}}}  # noqa: E731
+    isvc = {"kind": "InferenceService",
+            "metadata": {"name": "m", "annotations": {"serving.kserve.io/deploymentMode": "Standard"}},
+            "spec": {"predictor": {"name": "v1", "model": {}}, "canary": [canary("v2"), canary("v2"), canary("v1")]}}
+    assert [(p.path, p.message.split(":")[0]) for p in check_webhook(isvc)] == [
+        ("spec.canary[1].predictor.name", "'v2' is duplicated"),
+        ("spec.canary[2].predictor.name", "'v1' conflicts with stable predictor's name")]

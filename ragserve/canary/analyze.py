@@ -25,8 +25,9 @@ ragserve server; seconds), selected by the pods of the workload ``WL``
 does not also match a longer workload name); the error rate from Istio's
 ``istio_requests_total`` (the model server has no per-status counter), which
 exists only when the workloads are in the mesh -- without it the verdict is
-inconclusive. ``WL`` is ``{name}-predictor`` (stable) and the name in
-``status.canaryStatuses[]`` (canary), or the ``stable_workload`` /
+inconclusive. ``WL`` is ``{name}-predictor`` (stable) and
+``{name}-{variant}-predictor`` for the variant in ``status.canaryStatuses[].name``
+(canary), or the ``stable_workload`` /
 ``canary_workload`` settings::
 
     sum(increase(request_predict_seconds_count{namespace="NS",pod=~"WL-[a-z0-9]+-[a-z0-9]+"}[W]))
@@ -163,9 +164,14 @@ def plan(state: CanaryState, settings: AnalysisSettings) -> dict[str, tuple[str,
         targets = {"stable": state.stable.name, "canary": state.canary.name}
         build = knative_queries
     else:
+        # KServe names the canary by its variant; its pods belong to the Deployment
+        # {isvc}-{variant}-predictor (`ragserve up` reports its revisions by name)
+        def workload(t):
+            return t.name if settings.local else t.workload or t.name
+
         targets = {
-            "stable": settings.stable_workload or state.stable.name,
-            "canary": settings.canary_workload or state.canary.name,
+            "stable": settings.stable_workload or workload(state.stable),
+            "canary": settings.canary_workload or workload(state.canary),
         }
         build = standard_queries
     return {role: (target, build(state.namespace, target, settings.window)) for role, target in targets.items()}

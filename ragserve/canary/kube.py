@@ -6,7 +6,8 @@ current context unless one is named, and that context's namespace unless one is
 given. Reads and patches go to
 ``/apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{name}``;
 patches are sent as ``application/merge-patch+json`` (what the client's
-``patch_namespaced_custom_object`` sends).
+``patch_namespaced_custom_object`` sends) under the field manager ``ragserve``,
+so ``kubectl get --show-managed-fields`` names this tool as the writer.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ragserve.errors import DependencyUnavailable, RagserveError
 from .target import AccessDenied, Conflict, InferenceService, InferenceServiceNotFound
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+FIELD_MANAGER = "ragserve"
 
 
 class ClusterSettings(BaseSettings):
@@ -60,7 +62,8 @@ class KubeTarget:
         return self._call("get", name, self.api.get_namespaced_custom_object)
 
     def patch(self, name: str, body: dict[str, Any]) -> InferenceService:
-        return self._call("patch", name, self.api.patch_namespaced_custom_object, body=body)
+        return self._call("patch", name, self.api.patch_namespaced_custom_object, body=body,
+                          field_manager=FIELD_MANAGER)
 
     def _call(self, verb: str, name: str, method, **kw) -> InferenceService:
         from kubernetes.client.exceptions import ApiException

@@ -14,13 +14,21 @@ revision kept). A canary is in progress while ``canaryTrafficPercent`` is set.
 
 **Standard** (``Standard`` / ``RawDeployment``): the stable predictor is
 ``spec.predictor``; a canary is an entry of ``spec.canary[]``:
-``{trafficPercent, predictor}``, its ``predictor`` a full predictor spec (the
-CRD requires ``name`` under ``predictor.model``; ``""`` does). *set* rewrites
-the canary's ``trafficPercent``; *promote* makes ``spec.predictor`` exactly the
-canary's predictor and removes ``spec.canary``; *rollback* removes
-``spec.canary`` (the stable predictor was never changed). ``spec.canary`` is an
-atomic list, so a patch that changes it carries the whole list. ragserve
-drives one canary entry at a time.
+``{trafficPercent, predictor}``, its ``predictor`` derived from the stable one
+(:mod:`.derive`: KServe requires the variant name in ``predictor.name`` and
+refuses autoscaling fields on it). KServe reports it by that name in
+``status.canaryStatuses[]`` and runs it as the Deployment
+``{isvc}-{name}-predictor``. *start* adds it; *set* rewrites its
+``trafficPercent``; *promote* copies into ``spec.predictor`` only what the
+canary runs differently (:func:`.derive.promotion`: the stable predictor keeps
+its scheduling, autoscaling, storage and annotations) and removes
+``spec.canary``; *rollback* removes ``spec.canary`` (the stable predictor was
+never changed). ``spec.canary`` is an atomic list, so a patch that changes it
+carries the whole list. ragserve drives one canary entry at a time.
+
+An InferenceService KServe has not reconciled yet has no ``status``: its mode
+is the annotation's, else KServe's default (Knative), and ``canary status``
+says it is not reconciled instead of failing.
 
 Every patch is a JSON merge patch (RFC 7386, ``application/merge-patch+json``)
 that carries the ``metadata.resourceVersion`` it was computed from: if the
@@ -36,10 +44,12 @@ from typing import Any, Literal
 
 from ragserve.errors import BadRequest
 
+from .derive import DEFAULT_VARIANT, CanaryChange, canary_from_stable, knative_change, promotion
 from .target import InferenceService, NoCanary
 
 Mode = Literal["Knative", "Standard"]
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+LAST_APPLIED_ANNOTATION = "kubectl.kubernetes.io/last-applied-configuration"
 _KNATIVE = {"Serverless", "Knative"}
 _STANDARD = {"Standard", "RawDeployment"}
 _REVISION_FIELDS = (
@@ -63,6 +73,8 @@ class TrafficTarget:
     role: Literal["stable", "canary"]
     ready: bool | None = None
     tag: str = ""
+    workload: str = ""
+    """Standard mode: the Deployment serving it (``{isvc}-predictor``, ``{isvc}-{variant}-predictor``)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,8 @@ class CanaryState:
     ready_message: str = ""
     revisions: dict[str, str] = field(default_factory=dict)
     """Knative: latestCreated / latestReady / latestRolledout / previousRolledout revision names."""
+    reconciled: bool = True
+    """False while the object has no status (KServe has not reconciled it yet)."""
 
     @property
     def stable(self) -> TrafficTarget | None:
@@ -98,15 +112,8 @@ def deployment_mode(isvc: InferenceService) -> Mode:
         return "Standard"
     if declared:
         raise UnsupportedMode(f"inferenceservice {_name(isvc)!r} runs in {declared} mode, which has no canary rollout")
-    spec = isvc.get("spec") or {}
-    if spec.get("canary"):
-        return "Standard"
-    if "canaryTrafficPercent" in (spec.get("predictor") or {}) or _predictor_status(isvc).get("traffic"):
-        return "Knative"
-    raise UnsupportedMode(
-        f"cannot tell the deployment mode of inferenceservice {_name(isvc)!r}; "
-        f"set the {DEPLOYMENT_MODE_ANNOTATION} annotation"
-    )
+    # nothing declared: Standard if shaped like it, else KServe's default mode
+    return "Standard" if (isvc.get("spec") or {}).get("canary") else "Knative"
 
 
 def canary_state(isvc: InferenceService) -> CanaryState:
@@ -114,7 +121,7 @@ def canary_state(isvc: InferenceService) -> CanaryState:
     meta = isvc.get("metadata") or {}
     ready, message = _readiness(isvc)
     common = {"name": meta.get("name", ""), "namespace": meta.get("namespace", ""), "mode": mode, "ready": ready,
-              "ready_message": message}
+              "ready_message": message, "reconciled": bool(isvc.get("status"))}
     if mode == "Knative":
         percent = (isvc.get("spec") or {}).get("predictor", {}).get("canaryTrafficPercent")
         pstatus = _predictor_status(isvc)
@@ -133,18 +140,28 @@ def canary_state(isvc: InferenceService) -> CanaryState:
             for k in _REVISION_FIELDS
             if pstatus.get(k)
         }
-        return CanaryState(**common, in_progress=percent is not None, canary_percent=percent, traffic=tuple(traffic),
+        # canaryTrafficPercent stays set after `kubectl apply` of a kustomization that has it: with
+        # one revision rolled out and nothing newer, it only arms the next rollout
+        latest = pstatus.get("latestCreatedRevision") or pstatus.get("latestReadyRevision")
+        status_current = (isvc.get("status") or {}).get("observedGeneration") == meta.get("generation")
+        armed_only = status_current and latest and latest == pstatus.get("latestRolledoutRevision")
+        return CanaryState(**common, in_progress=percent is not None and not armed_only, canary_percent=percent,
+                           traffic=tuple(traffic),
                            revisions=revisions)
     canaries = (isvc.get("spec") or {}).get("canary") or []
     statuses = (isvc.get("status") or {}).get("canaryStatuses") or []
     stable_name = f"{common['name']}-predictor"
     shown = []
     for i, c in enumerate(canaries):
-        # the status says what is serving; the spec what was asked for
-        st = statuses[i] if i < len(statuses) else {}
+        # the status says what is serving (by variant name); the spec what was asked for
+        variant = (c.get("predictor") or {}).get("name") or ""
+        st = next((s for s in statuses if variant and s.get("name") == variant), None)
+        st = st or (statuses[i] if i < len(statuses) else {})
+        name = st.get("name") or variant or f"{stable_name}-canary"
         percent = int(st.get("trafficPercent", c.get("trafficPercent")) or 0)
-        shown.append(TrafficTarget(st.get("name") or f"{stable_name}-canary", percent, "canary", st.get("ready")))
-    traffic = [TrafficTarget(stable_name, 100 - sum(t.percent for t in shown), "stable", ready), *shown]
+        shown.append(TrafficTarget(name, percent, "canary", st.get("ready"), workload=f"{common['name']}-{name}-predictor"))
+    traffic = [TrafficTarget(stable_name, 100 - sum(t.percent for t in shown), "stable", ready, workload=stable_name),
+               *shown]
     canary_total = sum(int(c.get("trafficPercent") or 0) for c in canaries)
     return CanaryState(**common, in_progress=bool(canaries), canary_percent=canary_total if canaries else None,
                        traffic=tuple(traffic))
@@ -162,13 +179,58 @@ def set_traffic_patch(isvc: InferenceService, percent: int) -> dict[str, Any]:
     return _patch(isvc, {"canary": [{**canary, "trafficPercent": percent}]})
 
 
+def start_patch(isvc: InferenceService, change: CanaryChange, percent: int = 10,
+                variant: str = DEFAULT_VARIANT) -> dict[str, Any]:
+    """Start a canary running ``change``: Knative, a new revision with ``canaryTrafficPercent``;
+    Standard, a ``spec.canary[]`` entry derived from the stable predictor."""
+    if not 0 <= percent <= 100:
+        raise BadRequest(f"percent must be between 0 and 100, got {percent}", param="percent")
+    if change.empty():
+        raise BadRequest("say what the canary changes: --image, --runtime-version, --args, --env or --storage-uri",
+                         param="change")
+    state = canary_state(isvc)
+    if state.in_progress:
+        raise NoCanary(f"inferenceservice {state.name!r} already has a canary in progress; promote or roll it back first")
+    stable = (isvc.get("spec") or {}).get("predictor") or {}
+    if state.mode == "Knative":
+        return _patch(isvc, {"predictor": {"canaryTrafficPercent": percent, **knative_change(stable, change)}})
+    canary = canary_from_stable(stable, variant, change)
+    return _patch(isvc, {"canary": [{"trafficPercent": percent, "predictor": canary}]})
+
+
 def promote_patch(isvc: InferenceService) -> dict[str, Any]:
     state = require_canary(isvc)
     if state.mode == "Knative":
         return _patch(isvc, {"predictor": {"canaryTrafficPercent": None}})
     canary = _single_canary(isvc, "promote")
     stable = (isvc.get("spec") or {}).get("predictor") or {}
-    return _patch(isvc, {"predictor": merge_patch_diff(stable, canary.get("predictor") or {}), "canary": None})
+    return _patch(isvc, {"predictor": promotion(stable, canary.get("predictor") or {}), "canary": None})
+
+
+def reverted_by_apply(isvc: InferenceService, patch: dict[str, Any]) -> list[str]:
+    """Fields of ``patch`` that the next ``kubectl apply`` would set back: those the object's
+    last-applied configuration (``kubectl apply``'s annotation) holds with another value."""
+    import json
+
+    raw = _annotations(isvc).get(LAST_APPLIED_ANNOTATION)
+    try:
+        applied = (json.loads(raw) or {}).get("spec") if raw else None
+    except ValueError:
+        return []
+    if not isinstance(applied, dict):
+        return []
+    out: list[str] = []
+
+    def walk(p: Any, a: Any, path: str) -> None:
+        if isinstance(p, dict) and isinstance(a, dict):
+            for k, v in p.items():
+                if k in a:
+                    walk(v, a[k], f"{path}.{k}")
+        elif p != a:
+            out.append(path)
+
+    walk(patch.get("spec") or {}, applied, "spec")
+    return out
 
 
 def rollback_patch(isvc: InferenceService) -> dict[str, Any]:
@@ -184,19 +246,6 @@ def require_canary(isvc: InferenceService) -> CanaryState:
         where = "spec.predictor.canaryTrafficPercent is not set" if state.mode == "Knative" else "spec.canary is empty"
         raise NoCanary(f"no canary in progress for inferenceservice {state.name!r} ({state.mode} mode: {where})")
     return state
-
-
-def merge_patch_diff(old: Any, new: Any) -> Any:
-    """The RFC 7386 merge patch that turns ``old`` into exactly ``new``."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return copy.deepcopy(new)
-    patch: dict[str, Any] = {k: None for k in old if k not in new}
-    for k, v in new.items():
-        if k not in old:
-            patch[k] = copy.deepcopy(v)
-        elif old[k] != v:
-            patch[k] = merge_patch_diff(old[k], v)
-    return patch
 
 
 def apply_merge_patch(target: Any, patch: Any) -> Any:
@@ -252,8 +301,14 @@ def render_state(state: CanaryState) -> str:
     lines = [f"inferenceservice/{state.name} (namespace {state.namespace}, {state.mode} mode) ready: {ready}"]
     if state.ready is False and state.ready_message:
         lines[0] += f" ({state.ready_message})"
+    if not state.reconciled:
+        lines.append("not reconciled yet: KServe has written no status (is its controller running?); "
+                     "the mode shown is the annotation's, else KServe's default (Knative)")
     if state.in_progress:
         lines.append(f"canary: in progress, {state.canary_percent}% configured")
+    elif state.canary_percent is not None:
+        lines.append(f"canary: none in progress (canaryTrafficPercent {state.canary_percent} is set: the next "
+                     f"spec change starts as a canary at {state.canary_percent}%)")
     else:
         lines.append("canary: none in progress")
     lines.append("traffic:")
@@ -261,6 +316,8 @@ def render_state(state: CanaryState) -> str:
         extra = f"  tag {t.tag}" if t.tag else ""
         if t.ready is not None:
             extra += f"  ready {t.ready}"
+        if t.workload and t.workload != t.name:
+            extra += f"  deployment {t.workload}"
         lines.append(f"  {t.role:<7} {t.name:<40} {t.percent:>3}%{extra}")
     if state.revisions:
         lines.append("revisions: " + ", ".join(f"{k}={v}" for k, v in state.revisions.items()))

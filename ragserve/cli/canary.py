@@ -1,13 +1,17 @@
 """``ragserve canary ACTION NAME``: inspect and drive the canary rollout of an InferenceService.
 
-Actions: ``status``, ``set NAME PERCENT``, ``promote``, ``rollback`` and
+Actions: ``status``, ``start NAME --image/--runtime-version/--args/--env/--storage-uri``,
+``set NAME PERCENT``, ``promote``, ``rollback`` and
 ``analyze --prometheus URL [--apply]``. Cluster flags (``--kubeconfig``,
 ``--context``, ``--namespace``) and analysis flags are generated from
 :class:`~ragserve.canary.kube.ClusterSettings` and
 :class:`~ragserve.canary.analyze.AnalysisSettings`, so each is also an env var
 (``RAGSERVE_CANARY_*``). Changes are JSON merge patches
 (``application/merge-patch+json``); ``--dry-run`` prints the patch instead
-of sending it. Errors end the command with status 1 and one line on stderr.
+of sending it. Patches are recorded under the field manager ``ragserve``; when
+the object is managed by ``kubectl apply`` and the next apply would set a
+changed field back, the command says so (keep such changes in the kustomization).
+Errors end the command with status 1 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -46,6 +50,18 @@ def register(sub) -> None:
         return a
 
     action("status", "traffic per revision, rolled-out revisions and readiness", dry_run=False, output=True)
+    start = action("start", "start a canary: a new revision (Knative) or a spec.canary[] entry derived from the "
+                            "stable predictor (Standard)")
+    start.add_argument("--image", default="", help="the canary's container image")
+    start.add_argument("--runtime-version", default="", help="model.runtimeVersion: the runtime image's tag")
+    start.add_argument("--args", nargs="*", default=None, metavar="ARG",
+                       help="replace the model block's (or first container's) own args")
+    start.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="set an env var (repeatable)")
+    start.add_argument("--storage-uri", default="", help="model.storageUri: other model files")
+    start.add_argument("--percent", type=int, default=10, help="share of traffic for the canary [%(default)s]")
+    start.add_argument("--variant", default="candidate",
+                       help="Standard mode: spec.canary[].predictor.name; its Deployment is NAME-VARIANT-predictor "
+                            "[%(default)s]")
     action("set", "set the share of traffic the canary gets").add_argument("percent", type=int, metavar="PERCENT")
     action("promote", "send all traffic to the canary and make it the stable predictor")
     action("rollback", "send all traffic back to the stable predictor")
@@ -104,7 +120,29 @@ def _set(args, target, _http) -> int:
     isvc = target.get(args.name)
     before = canary_state(isvc).canary_percent
     patch = set_traffic_patch(isvc, args.percent)
-    _send(target, args, patch, f"canary traffic {'unset' if before is None else f'{before}%'} -> {args.percent}%")
+    _send(target, args, patch, f"canary traffic {'unset' if before is None else f'{before}%'} -> {args.percent}%", isvc)
+    return 0
+
+
+def _start(args, target, _http) -> int:
+    from ragserve.canary.derive import CanaryChange
+    from ragserve.canary.ops import deployment_mode, start_patch
+    from ragserve.errors import BadRequest
+
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadRequest(f"--env takes KEY=VALUE, got {item!r}", param="env")
+        env[key] = value
+    change = CanaryChange(image=args.image, runtime_version=args.runtime_version,
+                          args=tuple(args.args) if args.args is not None else None, env=env,
+                          storage_uri=args.storage_uri)
+    isvc = target.get(args.name)
+    patch = start_patch(isvc, change, args.percent, args.variant)
+    where = ("a new revision takes" if deployment_mode(isvc) == "Knative"
+             else f"spec.canary[] {args.variant!r} (Deployment {args.name}-{args.variant}-predictor) takes")
+    _send(target, args, patch, f"canary started: {where} {args.percent}% of traffic", isvc)
     return 0
 
 
@@ -127,7 +165,8 @@ def _decide(args, target, isvc, decision: str) -> None:
         summary = (
             "promoted: canaryTrafficPercent removed, the latest revision takes 100% of traffic"
             if mode == "Knative"
-            else "promoted: spec.predictor is now the canary's predictor, spec.canary removed"
+            else "promoted: spec.predictor runs what the canary ran (its scheduling, autoscaling and storage kept), "
+            "spec.canary removed"
         )
     else:
         patch = rollback_patch(isvc)
@@ -136,7 +175,7 @@ def _decide(args, target, isvc, decision: str) -> None:
             if mode == "Knative"
             else "rolled back: spec.canary removed, 100% of traffic to spec.predictor"
         )
-    _send(target, args, patch, summary)
+    _send(target, args, patch, summary, isvc)
 
 
 def _analyze(args, target, http_client) -> int:
@@ -166,7 +205,8 @@ def _analyze(args, target, http_client) -> int:
     return ANALYZE_EXIT[result.verdict]
 
 
-def _send(target, args, patch: dict, summary: str) -> None:
+def _send(target, args, patch: dict, summary: str, isvc: dict) -> None:
+    from ragserve.canary.ops import reverted_by_apply
     from ragserve.canary.target import MERGE_PATCH
 
     if args.dry_run:
@@ -175,6 +215,10 @@ def _send(target, args, patch: dict, summary: str) -> None:
         return
     target.patch(args.name, patch)
     print(f"inferenceservice/{args.name} {summary}")
+    reverted = reverted_by_apply(isvc, patch)
+    if reverted:
+        print(f"note: the next `kubectl apply` of this object's manifests sets {', '.join(reverted)} back; "
+              "to keep the change, make it in the kustomization (see ragserve/canary/README.md)")
 
 
-_ACTIONS = {"status": _status, "set": _set, "promote": _promote, "rollback": _rollback, "analyze": _analyze}
+_ACTIONS = {"status": _status, "start": _start, "set": _set, "promote": _promote, "rollback": _rollback, "analyze": _analyze}

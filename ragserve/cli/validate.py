@@ -2,9 +2,12 @@
 
 Renders overlays with ``kubectl kustomize``, validates every KServe object
 against the full CRD schema (unknown fields rejected, as ``kubectl apply``
-does), core objects against Kubernetes' schemas, then applies the rules
-KServe's admission webhooks add. Exit status 1 on any error, 2 when the
-manifests cannot be read (kustomize failed, no CRDs).
+does), core objects against Kubernetes' schemas, then what the API server
+validates beyond any schema (names, labels, selectors, ports, CIDRs, PDBs,
+PriorityClasses, ConfigMap keys), the rules KServe's validating webhooks add
+(canary, autoscaler, replicas, names) and the project's own (pod security, GPU
+requests and quota). Exit status 1 on any error, 2 when the manifests cannot
+be read (kustomize failed, no CRDs).
 """
 
 from __future__ import annotations
