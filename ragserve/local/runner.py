@@ -322,7 +322,9 @@ class LocalRunner:
                     raise ValueError(f"spec.canary[0].trafficPercent: {percent} is not 0-100")
                 ingress.set_split(ingress.canary, percent)
             elif ingress.canary is not None:
-                promoted = spec_hash(predictor) == spec_hash(((old_spec.get("canary") or [{}])[0]).get("predictor") or {})
+                # promote carries the canary's changes into spec.predictor (and keeps the stable's own
+                # scheduling and autoscaling); rollback leaves spec.predictor as it was
+                promoted = spec_hash(predictor) != spec_hash(old_spec.get("predictor") or {})
                 self._retire(ingress, promote=promoted, key=key, spec=predictor)
         else:  # Knative mode
             if "canaryTrafficPercent" in predictor:
