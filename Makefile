@@ -56,7 +56,7 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 # The generation tests parametrized over backends, with vLLM importable: the
 # `vllm` params run here (they skip in `make test`'s .venv).
 test-vllm: $(VLLM_VENV)/.installed
-	$(VLLM_ENV) $(VLLM_BIN)/pytest -q -m vllm
+	$(VLLM_ENV) $(VLLM_BIN)/pytest -q -m vllm --durations=10
 
 # Every benchmark, then the plot the README shows (results in bench/results/).
 bench: install
