@@ -60,8 +60,11 @@ def run(args) -> int:
     # engine starting) unwinds like Ctrl-C, so what was started is stopped.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     module_name, _, factory = COMPONENTS[args.component]
-    server = getattr(importlib.import_module(module_name), factory)(settings)
-    server.run()
+    try:
+        server = getattr(importlib.import_module(module_name), factory)(settings)
+        server.run()  # stops its models, then re-raises the signal that ended it
+    except KeyboardInterrupt:  # Ctrl-C / SIGINT: everything is stopped, no traceback
+        return 128 + signal.SIGINT
     return 0
 
 
