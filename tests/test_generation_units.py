@@ -295,3 +295,21 @@ def test_extreme_sampling_values_still_pick_a_token(temperature, top_p):
     params = [SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p)] * 2
     tokens = sample_next(logits, params, [make_generator(1), None])
     assert all(0 <= t < 50 for t in tokens)
+
+
+def test_vllm_engine_args_start_on_cpu_and_gpu_alike():
+    from ragserve.predictors.backends.vllm import engine_args
+
+    defaults = GenerationSettings()
+    cpu = engine_args(defaults, "/m", on_cpu=True)
+    # on CPU vLLM reads gpu_memory_utilization as a fraction of host RAM: a KV-cache size instead
+    assert "gpu_memory_utilization" not in cpu and cpu["kv_cache_memory_bytes"] == 1 << 30
+    assert cpu["dtype"] == "float32" and cpu["enforce_eager"] is True
+    gpu = engine_args(defaults, "/m", on_cpu=False)
+    assert gpu["gpu_memory_utilization"] == 0.9 and "kv_cache_memory_bytes" not in gpu
+    assert gpu["dtype"] == "auto" and gpu["enforce_eager"] is False
+
+    chosen = GenerationSettings(dtype="bfloat16", enforce_eager=False, cpu_kv_cache_gib=0.25)
+    cpu = engine_args(chosen, "/m", on_cpu=True)
+    assert cpu["dtype"] == "bfloat16" and cpu["enforce_eager"] is False and cpu["kv_cache_memory_bytes"] == 1 << 28
+    assert engine_args(GenerationSettings(enforce_eager=True), "/m", on_cpu=False)["enforce_eager"] is True

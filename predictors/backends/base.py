@@ -83,6 +83,11 @@ class GenerationBackend(ABC):
         """Sequences admitted to the engine and not yet finished."""
         return 0
 
+    @property
+    def dead_reason(self) -> str | None:
+        """Why the engine cannot serve (not loaded, stopped, crashed), naming it; None while it can."""
+        return None
+
     # -- tokenizer side, shared by every backend --------------------------------
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])

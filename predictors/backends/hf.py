@@ -133,10 +133,18 @@ class TransformersBackend(GenerationBackend):
         batch = self._batch
         return len(batch) if batch is not None else 0
 
+    @property
+    def dead_reason(self) -> str | None:
+        if self._thread is None:
+            return "the transformers engine is not running"
+        if not self._thread.is_alive():
+            return "the transformers engine's scheduler thread stopped; restart the server"
+        return None
+
     # -- the request side (event loop) -------------------------------------------
     async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
-        if self._thread is None:
-            raise NotReady("generation engine is not running")
+        if self.dead_reason is not None:
+            raise NotReady(self.dead_reason)
         from .sampling import make_generator
 
         seq = _Sequence(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 
 # component -> (module, settings class, server factory)
 COMPONENTS: dict[str, tuple[str, str, str]] = {
@@ -55,7 +56,17 @@ def run(args) -> int:
     except ValidationError as exc:
         parser.error(describe_validation_errors(exc.errors(), root="settings"))  # one line naming the setting, exit 2
     configure_logging(settings.log_level)
+    # Until the server takes over the signals: SIGTERM during a slow load (a vLLM
+    # engine starting) unwinds like Ctrl-C, so what was started is stopped.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     module_name, _, factory = COMPONENTS[args.component]
-    server = getattr(importlib.import_module(module_name), factory)(settings)
-    server.run()
+    try:
+        server = getattr(importlib.import_module(module_name), factory)(settings)
+        server.run()  # stops its models, then re-raises the signal that ended it
+    except KeyboardInterrupt:  # Ctrl-C / SIGINT: everything is stopped, no traceback
+        return 128 + signal.SIGINT
     return 0
+
+
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
