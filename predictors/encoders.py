@@ -133,9 +133,10 @@ def _cuda_visible() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_engine(engine: Engine, device: str, folder: Path) -> tuple[str, str]:
+def resolve_engine(engine: Engine, device: str, folder: str | Path) -> tuple[str, str]:
     """``(engine, device)`` to run ``folder`` with: ``auto`` is ONNX Runtime on CPU when
     ``onnxruntime`` is installed and the folder has the plain layout, torch otherwise."""
+    folder = Path(folder)
     if device == "auto" and engine != "onnx":
         device = "cuda" if _cuda_visible() else "cpu"
     elif device == "auto":
