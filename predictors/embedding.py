@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Literal
 
@@ -11,7 +10,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from ragserve.batching import AdaptiveBatcher
-from ragserve.predictors.encoders import load_encoder
+from ragserve.predictors.encoders import counting_tokenizer, load_encoder
 from ragserve.errors import BadRequest, PayloadTooLarge
 from ragserve.kserve_compat import InferRequest, InferResponse, Model
 from ragserve.model_assets import PACKAGED_EMBEDDING, ModelFilesNotFound, resolve_embedding_model
@@ -112,15 +111,11 @@ class EmbeddingPredictor(Model):
             path, s.device, s.max_seq_length, engine=s.engine, quantize=None if s.quantize == "none" else s.quantize,
             intra_op_threads=s.torch_threads or s.intra_op_threads, inter_op_threads=s.inter_op_threads,
         )
-        # A fast tokenizer is not thread-safe (each call resets its padding and
-        # truncation state), and the forward pass tokenizes on the batcher's
-        # thread: requests count tokens on their own copy of the Rust tokenizer,
-        # called directly (the Python wrapper costs more than the counting).
-        if self._encoder.backend_tokenizer is None:
+        # Requests count tokens on the event loop with their own copy of the Rust
+        # tokenizer, called directly (the Python wrapper costs more than the counting).
+        self._tokenizer = counting_tokenizer(self._encoder)
+        if self._tokenizer is None:
             raise ModelFilesNotFound(f"{path}: the embedding model needs a fast (tokenizer.json) tokenizer")
-        self._tokenizer = copy.deepcopy(self._encoder.backend_tokenizer)
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
         self.max_seq_length = self._encoder.max_seq_length
         self.engine = self._encoder.engine
         self.dimension = int(self._encoder.encode(["warm up"]).shape[1])

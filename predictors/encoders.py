@@ -17,6 +17,7 @@ per-request choice made after the shared forward pass):
 
 from __future__ import annotations
 
+import copy
 import glob
 import importlib.util
 import logging
@@ -44,6 +45,18 @@ class Encoder(Protocol):
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Unnormalized float32 vectors ``[len(texts), dim]``."""
+
+
+def counting_tokenizer(encoder: Encoder):
+    """A private copy of the encoder's Rust tokenizer that counts every token (no padding, no
+    truncation). A fast tokenizer is not thread-safe -- each call resets its padding and
+    truncation state -- and the forward pass tokenizes on its own thread."""
+    if encoder.backend_tokenizer is None:
+        return None
+    tokenizer = copy.deepcopy(encoder.backend_tokenizer)
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
 
 
 def _set_torch_threads(torch, intra_op: int, inter_op: int) -> None:
