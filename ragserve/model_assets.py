@@ -85,7 +85,7 @@ def _build_once(name: str, build, done: str = "config.json") -> Path:
     return final
 
 
-_ONNX_EXPORT_VERSION = 1  # bump when the export changes, so caches rebuild
+_ONNX_EXPORT_VERSION = 2  # bump when the export changes, so caches rebuild
 
 
 def _fingerprint(*files: Path) -> str:

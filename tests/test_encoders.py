@@ -147,7 +147,10 @@ def test_int8_is_kept_only_close_to_fp32(packaged, onnx_packaged, tmp_path, monk
     monkeypatch.setenv("RAGSERVE_CACHE_DIR", str(tmp_path / "cache"))
     int8 = load_encoder(folder, "cpu", engine="onnx", quantize="int8")
     assert int8.quantize == "int8" and int8.path != onnx_packaged.path
-    assert int8.path.stat().st_size < 0.8 * onnx_packaged.path.stat().st_size
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(int8.path), load_external_data=False).graph.node}
+    assert ops & {"DynamicQuantizeMatMul", "MatMulInteger"}, ops  # INT8 weights, really
     recorded = json.loads((int8.path.parent / "quantization.json").read_text())["min_cosine_to_fp32"]
     assert recorded >= onnx_encoder.QUANTIZE_MIN_COSINE
     assert _cos(int8.encode(FIXED), onnx_packaged.encode(FIXED)).min() >= 0.99
