@@ -119,6 +119,8 @@ def int8_quality(engines: dict, texts: list[str]) -> dict:
         "int8_retrieval_chunks": len(chunks),
         "int8_retrieval_top1_same": round(float((top["onnx"][:, 0] == top["onnx_int8"][:, 0]).mean()), 3),
         "int8_retrieval_top3_same": round(float((top["onnx"] == top["onnx_int8"]).all(axis=1).mean()), 3),
+        "int8_retrieval_top3_set_same": round(
+            float(np.mean([set(a) == set(b) for a, b in zip(top["onnx"], top["onnx_int8"])])), 3),
     }
 
 
