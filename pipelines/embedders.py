@@ -14,7 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
+from ragserve.batching import plan_forward_passes
 from ragserve.errors import PayloadTooLarge
+from ragserve.predictors.encoders import Engine
 from ragserve.transformers.clients import EmbeddingClient, trace_headers
 
 logger = logging.getLogger("ragserve.ingest")
@@ -67,26 +69,34 @@ class RemoteEmbedder:
 
 
 class LocalEmbedder:
-    """The packaged sentence-transformers model in this process (``--local``)."""
+    """The embedding model in this process (``--local``): the predictor's encoder and engine
+    choice (ONNX Runtime on CPU by default) and its length grouping, without the server."""
 
-    def __init__(self, model: str, *, threads: int = 0):
-        import torch
-        from sentence_transformers import SentenceTransformer
-
+    def __init__(self, model: str, *, threads: int = 0, engine: Engine = "auto", max_batch_tokens: int = 8192):
         from ragserve.model_assets import resolve_embedding_model
+        from ragserve.predictors.encoders import counting_tokenizer, load_encoder
 
-        if threads:
-            torch.set_num_threads(threads)
-        self.model = SentenceTransformer(resolve_embedding_model(model), device="cpu")
+        self.encoder = load_encoder(
+            resolve_embedding_model(model), "cpu", engine=engine, intra_op_threads=threads, inter_op_threads=1 if threads else 0
+        )
+        self._tokenizer = counting_tokenizer(self.encoder)
+        self.max_batch_tokens = max_batch_tokens
 
     async def dimension(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        return int(self.encoder.encode(["dimension"]).shape[1])
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        limit = self.encoder.max_seq_length
+        lengths = [min(len(e.ids), limit) for e in self._tokenizer.encode_batch(texts, add_special_tokens=True)]
+        vectors: list[np.ndarray | None] = [None] * len(texts)
+        for indices in plan_forward_passes(lengths, self.max_batch_tokens, len(texts)):
+            for i, v in zip(indices, self.encoder.encode([texts[i] for i in indices])):
+                vectors[i] = v
+        out = np.stack(vectors).astype(np.float32, copy=False)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return await asyncio.to_thread(
-            self.model.encode, list(texts), batch_size=len(texts), normalize_embeddings=True,
-            convert_to_numpy=True, show_progress_bar=False,
-        )
+        return await asyncio.to_thread(self._encode, list(texts))
 
     async def aclose(self) -> None:
         pass

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -78,8 +78,11 @@ class IngestSettings(MilvusSettings):
     nlist: int = Field(128, gt=0)
     """IVF clusters, when ingestion creates an IVF_FLAT collection."""
 
+    local_engine: Literal["auto", "torch", "onnx"] = "auto"
+    """Engine of ``local`` embedding, as the embedding predictor's ``engine`` (auto: ONNX Runtime on CPU)."""
+
     threads: int = Field(0, ge=0)
-    """torch threads for ``local`` embedding (0 = torch's default)."""
+    """Threads of ``local`` embedding (0 = the engine's default)."""
 
     progress: bool = True
     """Show a progress bar on stderr."""
@@ -176,7 +179,7 @@ class Ingester:
             from .embedders import LocalEmbedder, RemoteEmbedder
 
             self.embedder = (
-                LocalEmbedder(s.local_model, threads=s.threads) if s.local
+                LocalEmbedder(s.local_model, threads=s.threads, engine=s.local_engine) if s.local
                 else RemoteEmbedder(s.embedding_url, s.embedding_model, timeout_s=s.timeout_s, retries=s.retries)
             )
         if self.store is None:

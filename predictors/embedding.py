@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Literal
 
@@ -11,7 +10,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from ragserve.batching import AdaptiveBatcher
-from ragserve.predictors.encoders import load_encoder
+from ragserve.predictors.encoders import counting_tokenizer, load_encoder
 from ragserve.errors import BadRequest, PayloadTooLarge
 from ragserve.kserve_compat import InferRequest, InferResponse, Model
 from ragserve.model_assets import PACKAGED_EMBEDDING, ModelFilesNotFound, resolve_embedding_model
@@ -39,6 +38,15 @@ class EmbeddingSettings(ServingSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the model runs; ``auto`` picks CUDA when present."""
 
+    engine: Literal["auto", "torch", "onnx"] = "auto"
+    """``onnx``: ONNX Runtime on CPU (exported once into the cache; torch never imported),
+    ``torch``: transformers / sentence-transformers on CPU or CUDA, ``auto``: onnx on CPU when
+    ``onnxruntime`` is installed and the model is Transformer + Pooling, torch otherwise."""
+
+    quantize: Literal["none", "int8"] = "none"
+    """``int8``: dynamic INT8 weights (onnx engine), kept only if its vectors stay within
+    cosine 0.99 of fp32 on a probe set (else loading fails and says so)."""
+
     normalize: bool = True
     """L2-normalize vectors (a V2 request may override it with parameter ``normalize``)."""
 
@@ -64,8 +72,14 @@ class EmbeddingSettings(ServingSettings):
     """Fixed cost of one forward pass, in padded tokens: the length grouping splits a merged
     batch into passes of similar length when the padding it saves is worth more than this."""
 
+    intra_op_threads: int = Field(1, ge=0)
+    """Threads one forward pass uses (ONNX Runtime intra-op, torch ``set_num_threads``); 0 = the engine's default."""
+
+    inter_op_threads: int = Field(1, ge=0)
+    """Threads running independent operators of a pass in parallel; 0 = the engine's default."""
+
     torch_threads: int = Field(0, ge=0)
-    """torch intra-op threads (0 = torch's default)."""
+    """Older name of ``intra_op_threads``, kept for existing manifests: when set, it wins."""
 
 
 def _flag(params: dict, name: str, default: bool) -> bool:
@@ -86,29 +100,24 @@ class EmbeddingPredictor(Model):
         self.max_seq_length: int | None = None
         self._encoder = None
         self._tokenizer = None
+        self.engine: str | None = None
         self._batcher: AdaptiveBatcher | None = None
 
     # -- lifecycle -------------------------------------------------------
     def load(self) -> bool:
-        import torch
-
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
-        device = self.settings.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        path = resolve_embedding_model(self.settings.model)
-        self._encoder = load_encoder(path, device, self.settings.max_seq_length)
-        # A fast tokenizer is not thread-safe (each call resets its padding and
-        # truncation state), and the forward pass tokenizes on the batcher's
-        # thread: requests count tokens on their own copy of the Rust tokenizer,
-        # called directly (the Python wrapper costs more than the counting).
-        if not getattr(self._encoder.tokenizer, "is_fast", False):
+        s = self.settings
+        path = resolve_embedding_model(s.model)
+        self._encoder = load_encoder(
+            path, s.device, s.max_seq_length, engine=s.engine, quantize=None if s.quantize == "none" else s.quantize,
+            intra_op_threads=s.torch_threads or s.intra_op_threads, inter_op_threads=s.inter_op_threads,
+        )
+        # Requests count tokens on the event loop with their own copy of the Rust
+        # tokenizer, called directly (the Python wrapper costs more than the counting).
+        self._tokenizer = counting_tokenizer(self._encoder)
+        if self._tokenizer is None:
             raise ModelFilesNotFound(f"{path}: the embedding model needs a fast (tokenizer.json) tokenizer")
-        self._tokenizer = copy.deepcopy(self._encoder.tokenizer.backend_tokenizer)
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
         self.max_seq_length = self._encoder.max_seq_length
+        self.engine = self._encoder.engine
         self.dimension = int(self._encoder.encode(["warm up"]).shape[1])
         self._batcher = AdaptiveBatcher(
             self._encoder.encode,
@@ -119,7 +128,10 @@ class EmbeddingPredictor(Model):
             pass_overhead_tokens=self.settings.pass_overhead_tokens,
             enabled=self.settings.batching,
         )
-        logger.info("loaded %s on %s: dim=%d max_seq_length=%d", path, device, self.dimension, self.max_seq_length)
+        logger.info(
+            "loaded %s with %s on %s: dim=%d max_seq_length=%d",
+            path, self._encoder.engine, self._encoder.device, self.dimension, self.max_seq_length,
+        )
         self.ready = True
         return self.ready
 

@@ -1,68 +1,78 @@
-"""Text encoders the embedding predictor runs: a sentence-transformers folder, loaded for serving.
+"""Text encoders the embedding predictor runs, and the choice of engine.
 
-The common layout -- Transformer, then Pooling, then optionally Normalize --
-is run with Hugging Face ``transformers`` directly: importing
-sentence-transformers pulls in scikit-learn and SciPy (about 2 s of a 5 s cold
-start on two cores) for utilities a server never calls. Any other layout
-(Dense layers, custom modules, unusual pooling) loads through
-sentence-transformers itself, so every folder it accepts still works.
+Three encoders, one contract (unnormalized float32 vectors; normalization is a
+per-request choice made after the shared forward pass):
 
-Both encoders return *unnormalized* vectors; normalization is a per-request
-choice made after the shared forward pass.
+- :class:`~ragserve.predictors.onnx_encoder.OnnxEncoder` -- ONNX Runtime and
+  the Rust ``tokenizers``; the default on CPU. It never imports torch or
+  transformers, which are most of a torch server's cold start.
+- :class:`TransformersEncoder` -- the same Transformer + Pooling layout run
+  with Hugging Face ``transformers`` (torch; the engine on CUDA). Importing
+  sentence-transformers would pull in scikit-learn and SciPy for utilities a
+  server never calls.
+- :class:`SentenceTransformersEncoder` -- any other layout (Dense layers,
+  custom modules, unusual pooling) through sentence-transformers itself, so
+  every folder it accepts still works.
 """
 
 from __future__ import annotations
 
-import json
+import copy
+import glob
+import importlib.util
 import logging
+import os
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
+from ragserve.model_assets import ModelNotRunnable
+
+from . import st_layout
+
 logger = logging.getLogger("ragserve.embedding")
 
-_TRANSFORMER = "sentence_transformers.models.Transformer"
-_POOLING = "sentence_transformers.models.Pooling"
-_NORMALIZE = "sentence_transformers.models.Normalize"
-_POOLING_MODES = {
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-}
+Engine = Literal["auto", "torch", "onnx"]
 
 
 class Encoder(Protocol):
-    tokenizer: object
+    engine: str
+    device: str
     max_seq_length: int
+    backend_tokenizer: object
+    """The model's Rust ``tokenizers.Tokenizer`` (callers copy it to count tokens)."""
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Unnormalized float32 vectors ``[len(texts), dim]``."""
 
 
-def _module_types(folder: Path) -> list[str]:
-    modules = folder / "modules.json"
-    if not modules.is_file():
-        return []
-    # sentence-transformers 5+ names the same classes under new module paths
-    return [m["type"].replace(".sentence_transformer.modules.", ".models.") for m in json.loads(modules.read_text())]
-
-
-def _pooling_mode(folder: Path, modules: list[dict]) -> str | None:
-    path = folder / modules[1]["path"] / "config.json"
-    if not path.is_file():
+def counting_tokenizer(encoder: Encoder):
+    """A private copy of the encoder's Rust tokenizer that counts every token (no padding, no
+    truncation). A fast tokenizer is not thread-safe -- each call resets its padding and
+    truncation state -- and the forward pass tokenizes on its own thread."""
+    if encoder.backend_tokenizer is None:
         return None
-    cfg = json.loads(path.read_text())
-    if isinstance(cfg.get("pooling_mode"), str):
-        return cfg["pooling_mode"] if cfg["pooling_mode"] in _POOLING_MODES.values() else None
-    enabled = [mode for key, mode in _POOLING_MODES.items() if cfg.get(key)]
-    other = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v and k not in _POOLING_MODES]
-    return enabled[0] if len(enabled) == 1 and not other else None
+    tokenizer = copy.deepcopy(encoder.backend_tokenizer)
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def _set_torch_threads(torch, intra_op: int, inter_op: int) -> None:
+    if intra_op:
+        torch.set_num_threads(intra_op)
+    if inter_op:
+        try:
+            torch.set_num_interop_threads(inter_op)
+        except RuntimeError:  # only settable before the first inter-op work; keep what is set
+            pass
 
 
 class TransformersEncoder:
     """Transformer + Pooling run with ``transformers``; matches sentence-transformers' output."""
+
+    engine = "torch"
 
     def __init__(self, folder: Path, device: str, pooling: str, max_seq_length: int | None):
         import torch
@@ -72,12 +82,10 @@ class TransformersEncoder:
         self.device = device
         self.pooling = pooling
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.backend_tokenizer = self.tokenizer.backend_tokenizer
         self.model = AutoModel.from_pretrained(folder).to(device).eval()
-        bert_cfg = folder / "sentence_bert_config.json"
-        cfg = json.loads(bert_cfg.read_text()) if bert_cfg.is_file() else {}
-        self.lowercase = bool(cfg.get("do_lower_case", False))
-        limit = cfg.get("max_seq_length") or self.tokenizer.model_max_length
-        self.max_seq_length = int(max_seq_length or min(limit, self.model.config.max_position_embeddings))
+        self.lowercase = st_layout.lowercase(folder)
+        self.max_seq_length = st_layout.max_seq_length(folder, max_seq_length, self.tokenizer.model_max_length)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         torch = self._torch
@@ -103,6 +111,8 @@ class TransformersEncoder:
 class SentenceTransformersEncoder:
     """Any sentence-transformers folder, with a trailing Normalize removed."""
 
+    engine = "torch"
+
     def __init__(self, folder: Path, device: str, max_seq_length: int | None):
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.models import Normalize
@@ -114,8 +124,10 @@ class SentenceTransformersEncoder:
             del model._modules[list(model._modules)[-1]]
         if max_seq_length:
             model.max_seq_length = max_seq_length
+        self.device = device
         self.model = model.eval()
         self.tokenizer = model.tokenizer
+        self.backend_tokenizer = getattr(model.tokenizer, "backend_tokenizer", None)
         self.max_seq_length = int(model.max_seq_length)
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -124,14 +136,68 @@ class SentenceTransformersEncoder:
         )
 
 
-def load_encoder(folder: str | Path, device: str, max_seq_length: int | None = None) -> Encoder:
+def _cuda_visible() -> bool:
+    # Asking torch would import it (over a second of cold start) on every CPU
+    # host; without NVIDIA device nodes there is no CUDA to find.
+    if not (os.path.exists("/dev/nvidiactl") or glob.glob("/dev/nvidia[0-9]*")):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_engine(engine: Engine, device: str, folder: str | Path) -> tuple[str, str]:
+    """``(engine, device)`` to run ``folder`` with: ``auto`` is ONNX Runtime on CPU when
+    ``onnxruntime`` is installed and the folder has the plain layout, torch otherwise."""
     folder = Path(folder)
-    types = _module_types(folder)
-    if types[:2] == [_TRANSFORMER, _POOLING] and set(types[2:]) <= {_NORMALIZE}:
-        modules = json.loads((folder / "modules.json").read_text())
-        pooling = _pooling_mode(folder, modules)
-        if pooling is not None and modules[0]["path"] in ("", "."):
-            logger.info("loading %s with transformers (%s pooling)", folder, pooling)
-            return TransformersEncoder(folder, device, pooling, max_seq_length)
-    logger.info("loading %s with sentence-transformers (layout %s)", folder, types or "plain")
+    if device == "auto" and engine != "onnx":
+        device = "cuda" if _cuda_visible() else "cpu"
+    elif device == "auto":
+        device = "cpu"
+    if engine == "onnx":
+        if device != "cpu":
+            raise ModelNotRunnable(f"engine 'onnx' runs on CPU, not {device}: use engine 'torch' (or 'auto') there")
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ModelNotRunnable("engine 'onnx' needs the package 'onnxruntime' (pip install onnxruntime)")
+        if st_layout.plain_pooling(folder) is None:
+            raise ModelNotRunnable(
+                f"{folder}: engine 'onnx' runs Transformer + Pooling (+ Normalize) folders; "
+                f"this one is {st_layout.module_types(folder) or 'not a sentence-transformers folder'}: use engine 'torch'"
+            )
+        return "onnx", device
+    if engine == "auto" and device == "cpu" and importlib.util.find_spec("onnxruntime") is not None:
+        if st_layout.plain_pooling(folder) is not None:
+            return "onnx", device
+    return "torch", device
+
+
+def load_encoder(
+    folder: str | Path,
+    device: str = "auto",
+    max_seq_length: int | None = None,
+    *,
+    engine: Engine = "torch",
+    quantize: str | None = None,
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+) -> Encoder:
+    """Load ``folder`` with the engine :func:`resolve_engine` picks (thread counts: 0 = the engine's default)."""
+    folder = Path(folder)
+    engine, device = resolve_engine(engine, device, folder)
+    if quantize and engine != "onnx":
+        raise ModelNotRunnable(f"quantize={quantize!r} needs engine 'onnx' (this model runs on {engine}, {device})")
+    if engine == "onnx":
+        from .onnx_encoder import OnnxEncoder
+
+        return OnnxEncoder(
+            folder, max_seq_length, quantize=quantize, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads
+        )
+    import torch
+
+    _set_torch_threads(torch, intra_op_threads, inter_op_threads)
+    pooling = st_layout.plain_pooling(folder)
+    if pooling is not None:
+        logger.info("loading %s with transformers on %s (%s pooling)", folder, device, pooling)
+        return TransformersEncoder(folder, device, pooling, max_seq_length)
+    logger.info("loading %s with sentence-transformers on %s (layout %s)", folder, device, st_layout.module_types(folder) or "plain")
     return SentenceTransformersEncoder(folder, device, max_seq_length)

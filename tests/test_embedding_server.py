@@ -229,3 +229,82 @@ def test_unknown_v2_model_is_404(embedding_server):
     r = httpx.post(f"{embedding_server.http_url}/v2/models/nope/infer", json=_v2(["a"]))
     assert r.status_code == 404
     assert "nope" in r.json()["error"]
+
+
+# -- ONNX Runtime (the default on CPU) against torch, through every protocol ------------
+
+EQUIVALENCE_TEXTS = TEXTS + [
+    "How often are the Milvus credentials rotated?",
+    "a",
+    "The canary revision first receives 10 percent of the traffic. " * 40,  # truncated at 256 tokens
+]
+
+
+@pytest.fixture(scope="module")
+def torch_embedding_server(tmp_path_factory):
+    from conftest import start_server
+
+    served = start_server("embedding", "embedder", tmp_path_factory.mktemp("logs"), "--engine", "torch",
+                          "--intra-op-threads", "1")
+    yield served
+    served.process.stop()
+
+
+def _engine_of(served) -> str:
+    return re.search(r"loaded \S+ with (\w+) on", served.process.log_path.read_text()).group(1)
+
+
+def _grpc_vectors(served, texts):
+    res = run_client("triton_grpc.py", served.grpc_url, "embedder", "infer", stdin=json.dumps(texts))
+    assert res.returncode == 0, res.stderr
+    return np.array(json.loads(res.stdout)["embedding"])
+
+
+def _rest_vectors(served, texts):
+    client = httpclient.InferenceServerClient(url=f"127.0.0.1:{served.http_port}")
+    inp = httpclient.InferInput("text", [len(texts)], "BYTES")
+    inp.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
+    return client.infer("embedder", [inp]).as_numpy("embedding")
+
+
+def _openai_vectors(served, texts):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{served.http_url}/openai/v1", api_key="unused")
+    return np.array([d.embedding for d in client.embeddings.create(model="embedder", input=texts).data])
+
+
+@pytest.mark.parametrize("protocol", ["v2_rest", "v2_grpc", "openai"])
+def test_onnx_server_matches_torch_server(embedding_server, torch_embedding_server, protocol):
+    assert _engine_of(embedding_server) == "onnx"  # what `auto` picks on CPU
+    assert _engine_of(torch_embedding_server) == "torch"
+    fetch = {"v2_rest": _rest_vectors, "v2_grpc": _grpc_vectors, "openai": _openai_vectors}[protocol]
+    onnx_vectors = fetch(embedding_server, EQUIVALENCE_TEXTS)
+    torch_vectors = fetch(torch_embedding_server, EQUIVALENCE_TEXTS)
+    assert onnx_vectors.shape == torch_vectors.shape == (len(EQUIVALENCE_TEXTS), 384)
+    assert cosine(onnx_vectors, torch_vectors).min() > 0.9999
+
+
+_LOADED_MODULES = """
+import json, sys
+from ragserve.predictors.embedding import EmbeddingSettings, create_server
+server = create_server(EmbeddingSettings(engine=sys.argv[1], http_port=0, grpc_port=0))
+model = server.repository.get_model("embedder")
+print(json.dumps({"ready": model.ready, "engine": model.engine, "modules": sorted(sys.modules)}))
+"""
+
+
+@pytest.mark.parametrize("engine", ["auto", "onnx"])
+def test_onnx_server_process_never_imports_torch_or_transformers(engine):
+    """What `ragserve serve embedding` builds (settings -> predictor.load() -> server), in a fresh process."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _LOADED_MODULES, engine], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["ready"] and out["engine"] == "onnx"
+    roots = {m.split(".")[0] for m in out["modules"]}
+    assert "onnxruntime" in roots and "kserve" in roots
+    assert not roots & {"torch", "transformers", "sentence_transformers", "sklearn", "scipy"}, roots & {
+        "torch", "transformers", "sentence_transformers", "sklearn", "scipy"}
