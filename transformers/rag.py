@@ -42,7 +42,7 @@ from ragserve.v2 import bytes_output, make_response, request_parameters, text_in
 
 from .clients import EmbeddingClient, GenerationClient, GrpcGenerationClient, trace_headers
 from .milvus_store import Hit, MilvusSettings, MilvusStore
-from .prompt import DEFAULT_TEMPLATE, Prompt, PromptBuilder, check_template
+from .prompt import DEFAULT_SOURCE_TEMPLATE, DEFAULT_TEMPLATE, Prompt, PromptBuilder, check_source_template, check_template
 
 logger = logging.getLogger("ragserve.rag")
 
@@ -103,6 +103,18 @@ class RagTransformerSettings(ServingSettings, MilvusSettings):
     prompt_template: str = DEFAULT_TEMPLATE
     """Prompt with ``{sources}`` (numbered chunks) and ``{question}``."""
 
+    system_message: str = ""
+    """System turn before the prompt (with ``chat_template``); empty: the chat template's own default."""
+
+    source_template: str = DEFAULT_SOURCE_TEMPLATE
+    """How each source is written into ``{sources}``: ``{n}`` (citation number), ``{title}``, ``{text}``."""
+
+    source_order: Literal["best_first", "best_last"] = "best_first"
+    """Order of the sources in the prompt; ``best_last`` puts the best one next to the question. ``[1]`` is the best either way."""
+
+    stop: list[str] = []
+    """Stop sequences when a request does not give ``stop`` (e.g. ``["\\n\\n"]`` for one-paragraph answers)."""
+
     chat_template: bool = True
     """Wrap the prompt in the tokenizer's chat template (instruct models)."""
 
@@ -128,6 +140,11 @@ class RagTransformerSettings(ServingSettings, MilvusSettings):
     @classmethod
     def _template(cls, value: str) -> str:
         return check_template(value)
+
+    @field_validator("source_template")
+    @classmethod
+    def _source_template(cls, value: str) -> str:
+        return check_source_template(value)
 
 
 class RetrievalOptions(BaseModel):
@@ -219,7 +236,10 @@ class RagTransformer(Model):
         logging.getLogger("httpx").setLevel(logging.WARNING)
         if self.tokenizer is None:
             self.tokenizer = generation_tokenizer(s.tokenizer)
-        self.prompt = PromptBuilder(self.tokenizer, s.prompt_template, chat_template=s.chat_template)
+        self.prompt = PromptBuilder(
+            self.tokenizer, s.prompt_template, chat_template=s.chat_template, system_message=s.system_message,
+            source_template=s.source_template, best_last=s.source_order == "best_last",
+        )
         if self.embedder is None:
             self.embedder = EmbeddingClient(s.embedding_url, s.embedding_model, timeout_s=s.timeout_s, retries=s.retries)
         if self.generator is None:
@@ -310,6 +330,7 @@ class RagTransformer(Model):
         """Retrieve for each question and build its prompt (the whole of ``preprocess``)."""
         sampling = {
             "temperature": self.settings.temperature,
+            **({"stop": list(self.settings.stop)} if self.settings.stop else {}),
             **{k: v for k, v in sampling.items() if v is not None},
             "max_tokens": sampling.get("max_tokens") or self.settings.max_tokens,
         }
