@@ -169,3 +169,15 @@ def test_bad_source_template_is_rejected_at_settings_time():
         RagTransformerSettings(source_template="[{n}] {title}")
     with pytest.raises(ValidationError, match="placeholder other than"):
         RagTransformerSettings(source_template="{text} {uri}")
+
+
+def test_rerank_puts_the_chunk_that_states_the_fact_first():
+    from ragserve.transformers.rerank import rerank
+
+    topical = Hit("c1", "samples/benchmarks.pdf", 0, "Benchmark notes", "u", "An HNSW index over chunks found 97 percent.", 0.62)
+    stating = Hit("c2", "samples/vector-store.html", 0, "Vector store", "u", "HNSW with a graph degree of M = 16.", 0.55)
+    other = Hit("c3", "samples/x.md", 0, "X", "u", "Nothing relevant here.", 0.50)
+    q = "Which graph degree M does the HNSW index use?"
+    assert rerank(q, [topical, stating, other], top_k=2, weight=1.0) == [stating, topical]
+    assert rerank(q, [topical, stating, other], top_k=2, weight=0.0) == [topical, stating]  # off: vector order
+    assert rerank("the of a?", [topical, stating], top_k=1, weight=1.0) == [topical]  # no content words

@@ -43,6 +43,7 @@ from ragserve.v2 import bytes_output, make_response, request_parameters, text_in
 from .clients import EmbeddingClient, GenerationClient, GrpcGenerationClient, trace_headers
 from .milvus_store import Hit, MilvusSettings, MilvusStore
 from .prompt import DEFAULT_SOURCE_TEMPLATE, DEFAULT_TEMPLATE, Prompt, PromptBuilder, check_source_template, check_template
+from .rerank import rerank
 
 logger = logging.getLogger("ragserve.rag")
 
@@ -90,6 +91,12 @@ class RagTransformerSettings(ServingSettings, MilvusSettings):
 
     score_threshold: float | None = None
     """Drop chunks below this similarity (per-request ``score_threshold`` overrides)."""
+
+    rerank_candidates: int = Field(0, ge=0, le=100)
+    """Chunks fetched per question and reordered by keyword overlap before keeping ``top_k`` (0: vector order only)."""
+
+    lexical_weight: float = Field(1.0, ge=0)
+    """Weight of keyword overlap (0..1) against vector similarity when ``rerank_candidates`` is set."""
 
     filter: str = ""
     """Milvus filter expression every search applies, e.g. ``lang == "en"``; a request's filter is ANDed to it."""
@@ -303,11 +310,16 @@ class RagTransformer(Model):
         top_k, expr, threshold = self.options(options)
         with _Stage(self.name, "embed", timings):
             vectors = await self.embedder.embed(questions, headers)
+        fetch = max(top_k, self.settings.rerank_candidates)
         with _Stage(self.name, "search", timings):
-            return await asyncio.to_thread(
-                self.store.search, vectors.tolist(), top_k=top_k, filter=expr, score_threshold=threshold,
+            hits = await asyncio.to_thread(
+                self.store.search, vectors.tolist(), top_k=fetch, filter=expr, score_threshold=threshold,
                 search_params=self.search_params,
             )
+        if fetch == top_k:
+            return hits
+        weight = self.settings.lexical_weight
+        return [rerank(q, h, top_k=top_k, weight=weight) for q, h in zip(questions, hits)]
 
     def budget(self, max_tokens: int) -> int:
         budget = self.settings.context_tokens - max_tokens
