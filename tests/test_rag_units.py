@@ -154,12 +154,12 @@ def test_default_stop_sequences_apply_unless_the_request_sets_them():
         def search(self, vectors, **kw):
             return [[hit(0, 3)] for _ in vectors]
 
-    settings = RagTransformerSettings(stop=["\n\n"], tokenizer="tiny-random-llama")
+    settings = RagTransformerSettings(stop="\n", tokenizer="tiny-random-llama")
     model = RagTransformer(settings, embedder=Recorder(), store=Store(), generator=object(),
                            tokenizer=generation_tokenizer("tiny-random-llama"))
     model.prompt = PromptBuilder(model.tokenizer, settings.prompt_template)
     plan = asyncio.run(model.plan(["Q?"], options=None, sampling={}, headers={}))
-    assert plan.parameters["stop"] == ["\n\n"]
+    assert plan.parameters["stop"] == "\n"
     plan = asyncio.run(model.plan(["Q?"], options=None, sampling={"stop": "END"}, headers={}))
     assert plan.parameters["stop"] == "END"
 

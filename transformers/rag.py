@@ -119,8 +119,8 @@ class RagTransformerSettings(ServingSettings, MilvusSettings):
     source_order: Literal["best_first", "best_last"] = "best_first"
     """Order of the sources in the prompt; ``best_last`` puts the best one next to the question. ``[1]`` is the best either way."""
 
-    stop: list[str] = []
-    """Stop sequences when a request does not give ``stop`` (e.g. ``["\\n\\n"]`` for one-paragraph answers)."""
+    stop: str = ""
+    """Stop sequence when a request does not give ``stop`` (one string: V2 parameters are scalars), e.g. a newline."""
 
     chat_template: bool = True
     """Wrap the prompt in the tokenizer's chat template (instruct models)."""
@@ -342,7 +342,7 @@ class RagTransformer(Model):
         """Retrieve for each question and build its prompt (the whole of ``preprocess``)."""
         sampling = {
             "temperature": self.settings.temperature,
-            **({"stop": list(self.settings.stop)} if self.settings.stop else {}),
+            **({"stop": self.settings.stop} if self.settings.stop else {}),
             **{k: v for k, v in sampling.items() if v is not None},
             "max_tokens": sampling.get("max_tokens") or self.settings.max_tokens,
         }
