@@ -69,8 +69,8 @@ class Prompt:
 class PromptBuilder:
     """Render and fit prompts with ``tokenizer`` (a Hugging Face tokenizer of the generator).
 
-    ``system_message`` goes before the prompt as a system turn (chat template
-    only); ``source_template`` renders each source; ``best_last`` lists the
+    ``system_message`` goes before the prompt as a system turn (without a chat
+    template: as the first paragraph of the text); ``source_template`` renders each source; ``best_last`` lists the
     sources from the least to the most similar, so the best one sits next to
     the question (small models attend most to what they read last). Numbering
     stays by rank either way: ``[1]`` is always the best source.

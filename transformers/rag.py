@@ -111,7 +111,7 @@ class RagTransformerSettings(ServingSettings, MilvusSettings):
     """Prompt with ``{sources}`` (numbered chunks) and ``{question}``."""
 
     system_message: str = ""
-    """System turn before the prompt (with ``chat_template``); empty: the chat template's own default."""
+    """System turn before the prompt (without ``chat_template``: its first paragraph); empty: the chat template's default."""
 
     source_template: str = DEFAULT_SOURCE_TEMPLATE
     """How each source is written into ``{sources}``: ``{n}`` (citation number), ``{title}``, ``{text}``."""
