@@ -63,6 +63,7 @@ bench: install
 	$(BIN)/python bench/embedding.py
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/rag.py
+	$(BIN)/python bench/rag_quality.py
 	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/soak.py
 	$(BIN)/python bench/plot.py

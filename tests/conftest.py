@@ -23,7 +23,7 @@ from ragserve.procs import ServerProcess, free_port, grpc_fork_safe  # noqa: E40
 
 grpc_fork_safe()  # this process starts servers while it holds gRPC channels: before anything loads gRPC
 
-from ragserve.kserve_release import CRDS, OIP_REST_SPEC, PinnedFiles, ReferenceUnavailable  # noqa: E402
+from ragserve.kserve_release import CRDS, PinnedFiles, ReferenceUnavailable  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENTS = Path(__file__).resolve().parent / "clients"

@@ -123,3 +123,61 @@ def test_source_json_carries_what_a_client_cites():
     s = source_json(hit(3, 200), index=0, rank=1, snippet_chars=50)
     assert s["doc_id"] == "doc3.md" and s["chunk_id"] == "c3" and s["rank"] == 1 and s["title"] == "Doc 3"
     assert len(s["snippet"]) == 51 and s["snippet"].endswith("…")
+
+
+def test_prompt_style_settings_shape_the_prompt(tokenizer):
+    builder = PromptBuilder(
+        tokenizer, "{sources}\n\nQ: {question}", system_message="Answer in one sentence.",
+        source_template="Source {n}: {text}", best_last=True,
+    )
+    p = builder.fit("What is fact1?", [hit(0, 3), hit(1, 3)], budget=2000)
+    assert p.messages[0] == {"role": "system", "content": "Answer in one sentence."}
+    user = p.messages[-1]["content"]
+    # the best source sits next to the question and keeps its number [1]: citations still point at sources[0]
+    assert user.index("Source 2: fact1-0") < user.index("Source 1: fact0-0") < user.index("Q: What is fact1?")
+    assert p.sources == [hit(0, 3), hit(1, 3)]
+    assert "Answer in one sentence." in p.text and "SmolLM" not in p.text  # replaces the template's default
+    own = [{"role": "system", "content": "be brief"}]
+    assert [m["role"] for m in builder.fit("Q?", [hit(0, 3)], 2000, own).messages] == ["system", "user"]
+
+
+def test_default_stop_sequences_apply_unless_the_request_sets_them():
+    import asyncio
+
+    class Recorder:
+        async def embed(self, texts, headers):
+            import numpy as np
+
+            return np.zeros((len(texts), 4), dtype="float32")
+
+    class Store:
+        def search(self, vectors, **kw):
+            return [[hit(0, 3)] for _ in vectors]
+
+    settings = RagTransformerSettings(stop="\n", tokenizer="tiny-random-llama")
+    model = RagTransformer(settings, embedder=Recorder(), store=Store(), generator=object(),
+                           tokenizer=generation_tokenizer("tiny-random-llama"))
+    model.prompt = PromptBuilder(model.tokenizer, settings.prompt_template)
+    plan = asyncio.run(model.plan(["Q?"], options=None, sampling={}, headers={}))
+    assert plan.parameters["stop"] == "\n"
+    plan = asyncio.run(model.plan(["Q?"], options=None, sampling={"stop": "END"}, headers={}))
+    assert plan.parameters["stop"] == "END"
+
+
+def test_bad_source_template_is_rejected_at_settings_time():
+    with pytest.raises(ValidationError, match="source_template must contain"):
+        RagTransformerSettings(source_template="[{n}] {title}")
+    with pytest.raises(ValidationError, match="placeholder other than"):
+        RagTransformerSettings(source_template="{text} {uri}")
+
+
+def test_rerank_puts_the_chunk_that_states_the_fact_first():
+    from ragserve.transformers.rerank import rerank
+
+    topical = Hit("c1", "samples/benchmarks.pdf", 0, "Benchmark notes", "u", "An HNSW index over chunks found 97 percent.", 0.62)
+    stating = Hit("c2", "samples/vector-store.html", 0, "Vector store", "u", "HNSW with a graph degree of M = 16.", 0.55)
+    other = Hit("c3", "samples/x.md", 0, "X", "u", "Nothing relevant here.", 0.50)
+    q = "Which graph degree M does the HNSW index use?"
+    assert rerank(q, [topical, stating, other], top_k=2, weight=1.0) == [stating, topical]
+    assert rerank(q, [topical, stating, other], top_k=2, weight=0.0) == [topical, stating]  # off: vector order
+    assert rerank("the of a?", [topical, stating], top_k=1, weight=1.0) == [topical]  # no content words

@@ -23,6 +23,7 @@ DEFAULT_TEMPLATE = (
     "Sources:\n{sources}\n\nQuestion: {question}"
 )
 NO_SOURCES = "(no relevant sources were found)"
+DEFAULT_SOURCE_TEMPLATE = "[{n}] {title}\n{text}"
 
 
 def check_template(template: str) -> str:
@@ -37,9 +38,21 @@ def check_template(template: str) -> str:
     return template
 
 
-def source_block(n: int, hit: Hit) -> str:
-    head = f"[{n}] {hit.title}".rstrip()
-    return f"{head}\n{hit.text.strip()}"
+def check_source_template(template: str) -> str:
+    """A source template places ``{text}`` and may use ``{n}`` (the citation number) and ``{title}``."""
+    if "{text}" not in template:
+        raise ValueError("source_template must contain {text}")
+    try:
+        template.format(n=1, title="", text="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"source_template has a placeholder other than {{n}}/{{title}}/{{text}}: {exc}") from None
+    return template
+
+
+def source_block(n: int, hit: Hit, template: str = DEFAULT_SOURCE_TEMPLATE) -> str:
+    block = template.format(n=n, title=hit.title.strip(), text=hit.text.strip())
+    # an empty title leaves a trailing space on its line
+    return "\n".join(line.rstrip() for line in block.split("\n"))
 
 
 @dataclass
@@ -54,23 +67,47 @@ class Prompt:
 
 
 class PromptBuilder:
-    """Render and fit prompts with ``tokenizer`` (a Hugging Face tokenizer of the generator)."""
+    """Render and fit prompts with ``tokenizer`` (a Hugging Face tokenizer of the generator).
 
-    def __init__(self, tokenizer, template: str, *, chat_template: bool = True):
+    ``system_message`` goes before the prompt as a system turn (without a chat
+    template: as the first paragraph of the text); ``source_template`` renders each source; ``best_last`` lists the
+    sources from the least to the most similar, so the best one sits next to
+    the question (small models attend most to what they read last). Numbering
+    stays by rank either way: ``[1]`` is always the best source.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        template: str,
+        *,
+        chat_template: bool = True,
+        system_message: str = "",
+        source_template: str = DEFAULT_SOURCE_TEMPLATE,
+        best_last: bool = False,
+    ):
         self.tokenizer = tokenizer
         self.template = check_template(template)
         self.chat_template = chat_template and bool(getattr(tokenizer, "chat_template", None))
+        self.system_message = system_message.strip()
+        self.source_template = check_source_template(source_template)
+        self.best_last = best_last
 
     def count(self, texts: Sequence[str]) -> list[int]:
         ids = self.tokenizer(list(texts), add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
         return [len(x) for x in ids]
 
     def render(self, question: str, hits: Sequence[Hit], history: Sequence[dict] = ()) -> tuple[str, list[dict]]:
-        blocks = "\n\n".join(source_block(i + 1, h) for i, h in enumerate(hits)) or NO_SOURCES
-        content = self.template.format(sources=blocks, question=question.strip())
-        messages = [*history, {"role": "user", "content": content}]
+        blocks = [source_block(i + 1, h, self.source_template) for i, h in enumerate(hits)]
+        if self.best_last:
+            blocks.reverse()
+        content = self.template.format(sources="\n\n".join(blocks) or NO_SOURCES, question=question.strip())
+        # a conversation that brings its own system message keeps it (templates allow one)
+        own = any(m.get("role") == "system" for m in history)
+        system = [{"role": "system", "content": self.system_message}] if self.system_message and not own else []
+        messages = [*system, *history, {"role": "user", "content": content}]
         if not self.chat_template:
-            return content, messages
+            return "\n\n".join(m["content"] for m in [*system, messages[-1]]), messages
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text, messages
 
@@ -90,7 +127,7 @@ class PromptBuilder:
                 "(context_tokens minus max_tokens); shorten it or lower max_tokens",
                 param="question",
             )
-        costs = self.count([source_block(i + 1, h) + "\n\n" for i, h in enumerate(hits)])
+        costs = self.count([source_block(i + 1, h, self.source_template) + "\n\n" for i, h in enumerate(hits)])
         keep, used = 0, base
         for cost in costs:
             if used + cost > budget:

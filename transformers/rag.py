@@ -42,7 +42,8 @@ from ragserve.v2 import bytes_output, make_response, request_parameters, text_in
 
 from .clients import EmbeddingClient, GenerationClient, GrpcGenerationClient, trace_headers
 from .milvus_store import Hit, MilvusSettings, MilvusStore
-from .prompt import DEFAULT_TEMPLATE, Prompt, PromptBuilder, check_template
+from .prompt import DEFAULT_SOURCE_TEMPLATE, DEFAULT_TEMPLATE, Prompt, PromptBuilder, check_source_template, check_template
+from .rerank import rerank
 
 logger = logging.getLogger("ragserve.rag")
 
@@ -91,6 +92,12 @@ class RagTransformerSettings(ServingSettings, MilvusSettings):
     score_threshold: float | None = None
     """Drop chunks below this similarity (per-request ``score_threshold`` overrides)."""
 
+    rerank_candidates: int = Field(0, ge=0, le=100)
+    """Chunks fetched per question and reordered by keyword overlap before keeping ``top_k`` (0: vector order only)."""
+
+    lexical_weight: float = Field(1.0, ge=0)
+    """Weight of keyword overlap (0..1) against vector similarity when ``rerank_candidates`` is set."""
+
     filter: str = ""
     """Milvus filter expression every search applies, e.g. ``lang == "en"``; a request's filter is ANDed to it."""
 
@@ -102,6 +109,18 @@ class RagTransformerSettings(ServingSettings, MilvusSettings):
 
     prompt_template: str = DEFAULT_TEMPLATE
     """Prompt with ``{sources}`` (numbered chunks) and ``{question}``."""
+
+    system_message: str = ""
+    """System turn before the prompt (without ``chat_template``: its first paragraph); empty: the chat template's default."""
+
+    source_template: str = DEFAULT_SOURCE_TEMPLATE
+    """How each source is written into ``{sources}``: ``{n}`` (citation number), ``{title}``, ``{text}``."""
+
+    source_order: Literal["best_first", "best_last"] = "best_first"
+    """Order of the sources in the prompt; ``best_last`` puts the best one next to the question. ``[1]`` is the best either way."""
+
+    stop: str = ""
+    """Stop sequence when a request does not give ``stop`` (one string: V2 parameters are scalars), e.g. a newline."""
 
     chat_template: bool = True
     """Wrap the prompt in the tokenizer's chat template (instruct models)."""
@@ -128,6 +147,11 @@ class RagTransformerSettings(ServingSettings, MilvusSettings):
     @classmethod
     def _template(cls, value: str) -> str:
         return check_template(value)
+
+    @field_validator("source_template")
+    @classmethod
+    def _source_template(cls, value: str) -> str:
+        return check_source_template(value)
 
 
 class RetrievalOptions(BaseModel):
@@ -219,7 +243,10 @@ class RagTransformer(Model):
         logging.getLogger("httpx").setLevel(logging.WARNING)
         if self.tokenizer is None:
             self.tokenizer = generation_tokenizer(s.tokenizer)
-        self.prompt = PromptBuilder(self.tokenizer, s.prompt_template, chat_template=s.chat_template)
+        self.prompt = PromptBuilder(
+            self.tokenizer, s.prompt_template, chat_template=s.chat_template, system_message=s.system_message,
+            source_template=s.source_template, best_last=s.source_order == "best_last",
+        )
         if self.embedder is None:
             self.embedder = EmbeddingClient(s.embedding_url, s.embedding_model, timeout_s=s.timeout_s, retries=s.retries)
         if self.generator is None:
@@ -283,11 +310,16 @@ class RagTransformer(Model):
         top_k, expr, threshold = self.options(options)
         with _Stage(self.name, "embed", timings):
             vectors = await self.embedder.embed(questions, headers)
+        fetch = max(top_k, self.settings.rerank_candidates)
         with _Stage(self.name, "search", timings):
-            return await asyncio.to_thread(
-                self.store.search, vectors.tolist(), top_k=top_k, filter=expr, score_threshold=threshold,
+            hits = await asyncio.to_thread(
+                self.store.search, vectors.tolist(), top_k=fetch, filter=expr, score_threshold=threshold,
                 search_params=self.search_params,
             )
+        if fetch == top_k:
+            return hits
+        weight = self.settings.lexical_weight
+        return [rerank(q, h, top_k=top_k, weight=weight) for q, h in zip(questions, hits)]
 
     def budget(self, max_tokens: int) -> int:
         budget = self.settings.context_tokens - max_tokens
@@ -310,6 +342,7 @@ class RagTransformer(Model):
         """Retrieve for each question and build its prompt (the whole of ``preprocess``)."""
         sampling = {
             "temperature": self.settings.temperature,
+            **({"stop": self.settings.stop} if self.settings.stop else {}),
             **{k: v for k, v in sampling.items() if v is not None},
             "max_tokens": sampling.get("max_tokens") or self.settings.max_tokens,
         }

@@ -34,6 +34,15 @@ inconclusive. ``WL`` is ``{name}-predictor`` (stable) and
     sum(increase(istio_requests_total{reporter="destination",destination_workload_namespace="NS",destination_workload="WL"}[W]))
     sum(increase(istio_requests_total{reporter="destination",destination_workload_namespace="NS",destination_workload="WL",response_code=~"5.."}[W]))
     histogram_quantile(0.95, sum by (le) (rate(request_predict_seconds_bucket{namespace="NS",pod=~"WL-[a-z0-9]+-[a-z0-9]+"}[W])))
+
+Answer quality (optional, ``eval_dataset``): both sides answer a labeled question
+set (``ragserve eval``'s format) and the canary's answer accuracy may be at most
+``max_answer_accuracy_drop`` below the stable one. Each side is reached through its
+own URL (``eval_stable_url`` / ``eval_canary_url``: Knative's tagged ``prev-`` /
+``latest-`` routes, or port-forwards), or both through ``eval_url``, where each
+answer counts for the revision its response header names (``ragserve up``'s
+ingress sets ``x-ragserve-revision``); the set is then asked ``eval_rounds`` times
+so that the smaller side gets answers too.
 """
 
 from __future__ import annotations
@@ -86,6 +95,36 @@ class AnalysisSettings(BaseSettings):
     prometheus_timeout: float = Field(10.0, gt=0)
     """Seconds one Prometheus query may take."""
 
+    eval_dataset: str = ""
+    """A ``ragserve eval`` question set (JSONL): when set, answer accuracy is a check too."""
+
+    eval_url: str = ""
+    """One V2 base URL in front of both revisions; answers are told apart by ``eval_revision_header``."""
+
+    eval_stable_url: str = ""
+    """A V2 base URL that reaches only the stable revision (instead of ``eval_url``)."""
+
+    eval_canary_url: str = ""
+    """A V2 base URL that reaches only the canary revision (instead of ``eval_url``)."""
+
+    eval_model: str = "rag"
+    """Model name in the eval's inference path (``/v2/models/{eval_model}/infer``)."""
+
+    eval_revision_header: str = "x-ragserve-revision"
+    """Response header naming the revision that answered (with ``eval_url``)."""
+
+    eval_rounds: int = Field(3, ge=1)
+    """Times the set is asked through ``eval_url`` (a split sends each side only its share)."""
+
+    eval_concurrency: int = Field(4, ge=1)
+    """Eval questions in flight at once."""
+
+    eval_min_answers: int = Field(10, ge=1)
+    """Answers each side must give for a quality verdict."""
+
+    max_answer_accuracy_drop: float = Field(0.05, ge=0, le=1)
+    """Largest acceptable stable answer accuracy minus canary answer accuracy."""
+
 
 @dataclass(frozen=True)
 class SideQueries:
@@ -119,6 +158,16 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Quality:
+    """One side's answers to the eval set."""
+
+    target: str
+    answers: int
+    answer_accuracy: float | None
+    source_hit_at_1: float | None
+
+
+@dataclass(frozen=True)
 class Analysis:
     state: CanaryState
     window: str
@@ -127,6 +176,7 @@ class Analysis:
     checks: tuple[Check, ...]
     verdict: Verdict
     queries: dict[str, SideQueries]
+    quality: dict[str, Quality] | None = None
 
 
 def knative_queries(namespace: str, revision: str, window: str) -> SideQueries:
@@ -207,13 +257,65 @@ def measure(prometheus: Prometheus, target: str, q: SideQueries) -> Measurement:
     )
 
 
-def analyze(state: CanaryState, source: Prometheus | LocalRevisions, settings: AnalysisSettings) -> Analysis:
+def measure_quality(targets: dict[str, str], settings: AnalysisSettings, **eval_kwargs) -> dict[str, Quality]:
+    """Ask the eval set of each side; ``targets`` maps ``stable``/``canary`` to revision names."""
+    from ragserve.eval.dataset import load_dataset
+    from ragserve.eval.metrics import summarize
+    from ragserve.eval.runner import EvalSettings, evaluate
+
+    cases = load_dataset(settings.eval_dataset)
+
+    def ask(url: str, rounds: int):
+        eval_settings = EvalSettings(
+            url=url, model=settings.eval_model, concurrency=settings.eval_concurrency,
+            revision_header=settings.eval_revision_header,
+        )
+        return evaluate(list(cases) * rounds, eval_settings, **eval_kwargs)
+
+    if settings.eval_url:
+        results = ask(settings.eval_url, settings.eval_rounds)
+        by_role = {role: [r for r in results if r.revision == name] for role, name in targets.items()}
+    else:
+        urls = {"stable": settings.eval_stable_url, "canary": settings.eval_canary_url}
+        by_role = {role: ask(urls[role], 1) for role in targets}
+    quality = {}
+    for role, results in by_role.items():
+        answered = [r for r in results if r.status != "error"]
+        summary = summarize(results) if results else None
+        quality[role] = Quality(
+            targets[role], len(answered),
+            summary.answer_accuracy if summary else None, summary.source_hit_at_1 if summary else None,
+        )
+    return quality
+
+
+def judge_quality(quality: dict[str, Quality], settings: AnalysisSettings) -> Check:
+    stable, canary = quality["stable"], quality["canary"]
+    short = [f"{role} gave {q.answers}" for role, q in quality.items() if q.answers < settings.eval_min_answers]
+    if short:
+        return Check("answers", None, f"{' and '.join(short)} eval answers; need {settings.eval_min_answers} each")
+    drop = stable.answer_accuracy - canary.answer_accuracy
+    return Check(
+        "answers",
+        drop <= settings.max_answer_accuracy_drop,
+        f"canary accuracy {canary.answer_accuracy:.3f} ({canary.answers} answers) vs stable "
+        f"{stable.answer_accuracy:.3f} ({stable.answers}): {-drop:+.3f} (max -{settings.max_answer_accuracy_drop:.3f})",
+    )
+
+
+def analyze(
+    state: CanaryState, source: Prometheus | LocalRevisions, settings: AnalysisSettings, **eval_kwargs
+) -> Analysis:
     planned = plan(state, settings)
     if isinstance(source, LocalRevisions):
         stable, canary = (source.measure(*planned[role]) for role in ("stable", "canary"))
     else:
         stable, canary = (measure(source, *planned[role]) for role in ("stable", "canary"))
     checks = judge(stable, canary, settings)
+    quality = None
+    if settings.eval_dataset:
+        quality = measure_quality({role: target for role, (target, _) in planned.items()}, settings, **eval_kwargs)
+        checks = (*checks, judge_quality(quality, settings))
     return Analysis(
         state=state,
         window=settings.window,
@@ -222,6 +324,7 @@ def analyze(state: CanaryState, source: Prometheus | LocalRevisions, settings: A
         checks=checks,
         verdict=verdict(checks),
         queries={role: q for role, (_, q) in planned.items()},
+        quality=quality,
     )
 
 

@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # command modules, in the order `ragserve --help` lists them
-COMMAND_MODULES = ["serve", "up", "ingest", "validate", "canary"]
+COMMAND_MODULES = ["serve", "up", "ingest", "validate", "canary", "eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:

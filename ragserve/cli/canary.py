@@ -90,6 +90,13 @@ def run(args: argparse.Namespace, *, target=None, http_client=None) -> int:
                     "analyze needs --prometheus URL (or RAGSERVE_CANARY_PROMETHEUS), or --local for `ragserve up`",
                     param="prometheus",
                 )
+            a = args.analysis
+            if a.eval_dataset and not (a.eval_url or (a.eval_stable_url and a.eval_canary_url)):
+                raise BadRequest(
+                    "--eval-dataset needs --eval-url (one address, answers told apart by revision header) "
+                    "or both --eval-stable-url and --eval-canary-url",
+                    param="eval_url",
+                )
         if target is None:
             from ragserve.canary.kube import ClusterSettings, connect
 

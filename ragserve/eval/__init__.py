@@ -1,0 +1,1 @@
+"""Quality evaluation of a RAG endpoint on a labeled question set (``ragserve eval``)."""
