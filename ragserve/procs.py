@@ -7,6 +7,7 @@ servers exactly the same way.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,8 +21,9 @@ import httpx
 # grpcio >= 1.81 restarts its poller thread in a forked child; when Popen then closes
 # the child's fds before exec, that thread aborts the child with "epoll_wait ... Bad file
 # descriptor" (grpc/grpc#43055) -- seen here as a server "exited with -6 before ready".
-# Our children fork only to exec (``preexec_fn`` forces a plain fork), never to use gRPC,
-# so gRPC's fork handling is off in every process that starts them. Set before gRPC loads.
+# Two guards: children are started without ``preexec_fn`` (which forces CPython's plain
+# fork(); without it CPython uses vfork(), which runs no fork handlers), and gRPC's fork
+# handling is off in the processes that start them (set before gRPC loads).
 GRPC_FORK_SAFE_ENV = {"GRPC_EXPERIMENTS": "-event_engine_fork"}
 
 
@@ -31,18 +33,16 @@ def grpc_fork_safe() -> None:
         os.environ.setdefault(key, value)
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM us when our parent dies.
+def die_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` run so that Linux SIGTERMs it when its parent dies (``setpriv --pdeathsig``).
 
     Children live in their own session (so Ctrl-C reaches only the parent,
     which stops them in order); this guarantees no orphans even when the
-    parent is SIGKILLed.
+    parent is SIGKILLed. The death signal survives the exec of ``argv``. Where
+    setpriv(1) is missing (not Linux), children are only stopped by the parent.
     """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else list(argv)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -86,12 +86,11 @@ class ServerProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.args,
+            die_with_parent(self.args),
             env=self.env,
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
             start_new_session=True,  # our own process group: a stop takes its children too
-            preexec_fn=_die_with_parent,
         )
         return self
 
