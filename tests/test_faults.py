@@ -4,7 +4,8 @@ Every answer during the outage is a 200 (served before the kill landed or
 after the return) or a 503 naming exactly the dependency that is down, and
 none takes longer than the transformer's own timeouts allow: nothing hangs.
 When the dependency is back on its port, answers resume without restarting
-the transformer.
+the transformer. Milvus is killed once per local engine (each test stack
+starts its own, as it kills it); the predictors only with the default engine.
 """
 
 import threading
@@ -17,7 +18,7 @@ import pytest
 
 from conftest import start_server
 from milvus_server import run_ingest
-from ragserve.pipelines.local_milvus import LocalMilvus
+from ragserve.pipelines.milvus_engines import DEFAULT_ENGINE, ENGINES, local_milvus
 
 pytestmark = pytest.mark.slow
 
@@ -64,9 +65,14 @@ class Load:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def engine(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def stack(engine, tmp_path_factory):
     logs = tmp_path_factory.mktemp("fault-logs")
-    milvus = LocalMilvus(tmp_path_factory.mktemp("fault-milvus"), log_path=logs / "milvus.log").start()
+    milvus = local_milvus(engine, tmp_path_factory.mktemp("fault-milvus"), log_path=logs / "milvus.log").start()
     embedder = start_server("embedding", "embedder", logs, "--torch-threads", "1", grpc=False)
     generator = start_server("generation", "generator", logs, "--model", "tiny-random-llama", "--torch-threads", "1",
                              grpc=False)
@@ -98,14 +104,15 @@ def _restart(name: str, target) -> None:
 
 
 @pytest.mark.parametrize(
-    "name, needle",
+    "engine, name, needle",
     [
-        ("milvus", "milvus unavailable"),
-        ("embedder", "embedding predictor unavailable"),
-        ("generator", "generation predictor unavailable"),
+        *[(engine, "milvus", "milvus unavailable") for engine in ENGINES],
+        (DEFAULT_ENGINE, "embedder", "embedding predictor unavailable"),
+        (DEFAULT_ENGINE, "generator", "generation predictor unavailable"),
     ],
+    indirect=["engine"],
 )
-def test_dependency_killed_mid_load_is_503_naming_it_then_recovers(stack, name, needle):
+def test_dependency_killed_mid_load_is_503_naming_it_then_recovers(stack, engine, name, needle):
     rag = stack["rag"]
     pid = rag.process.proc.pid
     url = f"{rag.http_url}/v2/models/rag/infer"
