@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE))
 
 DIM = 384
 M, EF_CONSTRUCTION, EF = 16, 200, 64
-BATCH = 5000
+BATCH = 5000  # rows per insert call; --insert-batch
 DEFAULT_ENGINES = "milvus-standalone,milvus-lite"
 
 
@@ -74,7 +74,7 @@ def index_done(client, name: str) -> bool:
     return all(int(i.get("indexed_rows", 0) or 0) >= int(i.get("total_rows", 0) or 0) for i in infos)
 
 
-def load_and_index(client, name: str, index_type: str, data: np.ndarray, index_timeout_s: float) -> dict:
+def load_and_index(client, name: str, index_type: str, data: np.ndarray, index_timeout_s: float, batch: int) -> dict:
     from pymilvus import DataType, MilvusClient
 
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -86,8 +86,8 @@ def load_and_index(client, name: str, index_type: str, data: np.ndarray, index_t
     client.create_collection(name, schema=schema, index_params=index, consistency_level="Session")
     times = {}
     t0 = time.perf_counter()
-    for start in range(0, len(data), BATCH):
-        client.insert(name, [{"id": i, "vector": data[i].tolist()} for i in range(start, min(start + BATCH, len(data)))])
+    for start in range(0, len(data), batch):
+        client.insert(name, [{"id": i, "vector": data[i].tolist()} for i in range(start, min(start + batch, len(data)))])
     times["insert_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     client.flush(name)
@@ -145,11 +145,12 @@ def engine_client(engine: str, tmp: Path):
         client.close()
 
 
-def measure(engine: str, data: np.ndarray, queries: np.ndarray, exact: list[list[int]], index_timeout_s: float) -> dict:
+def measure(engine: str, data: np.ndarray, queries: np.ndarray, exact: list[list[int]], index_timeout_s: float,
+            batch: int) -> dict:
     index_type = "AUTOINDEX" if engine == "milvus-lite-2.5" else "HNSW"
     with tempfile.TemporaryDirectory() as tmp, engine_client(engine, Path(tmp)) as (client, pid, how):
         print(f"[{engine}] loading {len(data)} chunks ({index_type})", flush=True)
-        times = load_and_index(client, "bench", index_type, data, index_timeout_s)
+        times = load_and_index(client, "bench", index_type, data, index_timeout_s, batch)
         print(f"[{engine}] {times}; searching", flush=True)
         ids, ms = search(client, "bench", queries, {"ef": EF} if index_type == "HNSW" else {})
         result = {
@@ -160,6 +161,7 @@ def measure(engine: str, data: np.ndarray, queries: np.ndarray, exact: list[list
             **times,
             "rss_mib": round(rss_mib(pid)),
             "index": index_type,
+            "insert_batch": batch,
             "store": how,
         }
     print(f"[{engine}] {json.dumps(result)}", flush=True)
@@ -172,6 +174,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000, help="chunks in the synthetic collection")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--index-timeout-s", type=float, default=1800)
+    ap.add_argument("--insert-batch", type=int, default=BATCH, help="rows per insert (milvus-lite-2.5 slows sharply with big ones)")
     ap.add_argument("--extra", action="append", default=[], help="engines measured elsewhere (this script's output)")
     ap.add_argument("--output", default=str(HERE / "results" / "retrieval.json"))
     args = ap.parse_args()
@@ -181,7 +184,7 @@ def main() -> None:
     exact = exact_top10(data, queries)
     engines = {}
     for engine in filter(None, args.engines.split(",")):
-        engines[engine] = measure(engine, data, queries, exact, args.index_timeout_s)
+        engines[engine] = measure(engine, data, queries, exact, args.index_timeout_s, args.insert_batch)
     for extra in args.extra:
         engines.update(json.loads(Path(extra).read_text())["engines"])
 

@@ -64,7 +64,7 @@ class Load:
         return [r for r in self.results if r[0] >= t]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=ENGINES)
 def engine(request):
     return request.param
 
@@ -104,15 +104,16 @@ def _restart(name: str, target) -> None:
 
 
 @pytest.mark.parametrize(
-    "engine, name, needle",
+    "name, needle",
     [
-        *[(engine, "milvus", "milvus unavailable") for engine in ENGINES],
-        (DEFAULT_ENGINE, "embedder", "embedding predictor unavailable"),
-        (DEFAULT_ENGINE, "generator", "generation predictor unavailable"),
+        ("milvus", "milvus unavailable"),
+        ("embedder", "embedding predictor unavailable"),
+        ("generator", "generation predictor unavailable"),
     ],
-    indirect=["engine"],
 )
 def test_dependency_killed_mid_load_is_503_naming_it_then_recovers(stack, engine, name, needle):
+    if name != "milvus" and engine != DEFAULT_ENGINE:
+        pytest.skip(f"a predictor's fault does not depend on the Milvus engine: tested with {DEFAULT_ENGINE}")
     rag = stack["rag"]
     pid = rag.process.proc.pid
     url = f"{rag.http_url}/v2/models/rag/infer"
