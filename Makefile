@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The main job: the local overlay's InferenceGraph (embedder, RAG transformer,
-# generator, Milvus Lite, the sample corpus) on 127.0.0.1; Ctrl-C stops it all.
+# generator, a local Milvus server, the sample corpus) on 127.0.0.1; Ctrl-C stops it all.
 run: install
 	$(BIN)/ragserve up
 
@@ -65,6 +65,7 @@ bench: install
 	$(BIN)/python bench/rag.py
 	$(BIN)/python bench/rag_quality.py
 	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/ingest_scale.py --chunks 5000 --files 5
 	$(BIN)/python bench/soak.py
 	$(BIN)/python bench/plot.py
 

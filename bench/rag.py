@@ -1,9 +1,13 @@
 """RAG latency benchmark: the transformer end to end, split into embed, search, generate and overhead.
 
-Run: python bench/rag.py [--generator tiny-random-llama] [--requests 80]
+Run: python bench/rag.py [--generator tiny-random-llama] [--requests 80] [--engine milvus-standalone]
+     [--large 100000]
 Writes bench/results/rag.json. Starts the embedding and generation predictors,
-Milvus Lite (server) filled with pipelines/samples by ``ragserve ingest``, and
-the transformer, all on loopback. Each answer reports the embed/search/generate
+the local Milvus engine filled with pipelines/samples by ``ragserve ingest``, and
+the transformer, all on loopback. Then ``--large`` synthetic chunks (bench/retrieval.py's
+clustered vectors) join the same collection, and once Milvus has indexed them the
+single-client run is repeated: e2e p50 at ``--large`` chunks minus the small-corpus
+p50 of the same run is what collection size costs a question. Each answer reports the embed/search/generate
 times the transformer measured; overhead = client-seen latency minus those, so
 it holds HTTP in and out, request decoding, prompt building and the transformer's
 own scheduling. Baseline in the same run: a client calling the same three
@@ -47,8 +51,8 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
-def start_stack(work: Path, generator: str):
-    from ragserve.pipelines.local_milvus import LocalMilvus
+def start_stack(work: Path, generator: str, engine: str):
+    from ragserve.pipelines.milvus_engines import local_milvus
     from ragserve.procs import ServerProcess, free_port
 
     logs = HERE / "results"
@@ -61,7 +65,7 @@ def start_stack(work: Path, generator: str):
     ]  # fmt: skip
     for p in procs:
         p.start()
-    milvus = LocalMilvus(work / "milvus", log_path=logs / ".rag-milvus.log").start()
+    milvus = local_milvus(engine, work / "milvus", log_path=logs / ".rag-milvus.log").start()
     for p in procs:
         p.wait_ready(timeout=300)
     emb_url = f"http://127.0.0.1:{emb_port}"
@@ -78,6 +82,30 @@ def start_stack(work: Path, generator: str):
     ).start()  # fmt: skip
     rag.wait_ready(timeout=300)
     return procs + [rag], milvus, {"embedding": emb_url, "generation": f"http://127.0.0.1:{gen_port}", "rag": rag_port}
+
+
+def add_filler(milvus_uri: str, n: int) -> float:
+    """``n`` synthetic chunks into the bench collection; seconds until Milvus has indexed them."""
+    from pymilvus import MilvusClient
+
+    from retrieval import synthetic
+    from ragserve.transformers.milvus_store import MilvusSettings, MilvusStore
+
+    data, _ = synthetic(n, 1, seed=1)
+    client = MilvusClient(uri=milvus_uri, timeout=600)
+    t0 = time.perf_counter()
+    for start in range(0, n, 5000):
+        client.insert("bench", [
+            {"id": f"filler-{i}", "doc_id": f"filler/{i // 8}", "doc_hash": "0" * 16, "chunk_index": i % 8,
+             "title": "filler", "uri": "", "text": f"synthetic chunk {i}", "vector": data[i].tolist()}
+            for i in range(start, min(start + 5000, n))
+        ])  # fmt: skip
+    client.flush("bench")
+    client.close()
+    store = MilvusStore(MilvusSettings(milvus_uri=milvus_uri, collection="bench"))
+    store.wait_for_index(1800)
+    store.close()
+    return time.perf_counter() - t0
 
 
 def rag_load(port: int, sampling: dict, concurrency: int, total: int) -> dict:
@@ -147,8 +175,13 @@ def main() -> None:
     ap.add_argument("--generator", default="tiny-random-llama", help="generation model (tiny-random-llama: fast plumbing)")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--requests", type=int, default=80, help="requests per concurrency level")
+    ap.add_argument("--engine", default="", help="local Milvus engine (default: ragserve up's default)")
+    ap.add_argument("--large", type=int, default=100_000, help="chunks added for the large-collection run (0: skip)")
     ap.add_argument("--output", default=str(HERE / "results" / "rag.json"))
     args = ap.parse_args()
+    from ragserve.pipelines.milvus_engines import DEFAULT_ENGINE
+
+    engine = args.engine or DEFAULT_ENGINE
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -156,12 +189,17 @@ def main() -> None:
     sampling = {"max_tokens": args.max_tokens, "temperature": 0.0, "ignore_eos": True}
 
     with tempfile.TemporaryDirectory() as tmp:
-        procs, milvus, urls = start_stack(Path(tmp), args.generator)
+        procs, milvus, urls = start_stack(Path(tmp), args.generator, engine)
         try:
             c1 = rag_load(urls["rag"], sampling, 1, args.requests)
             c8 = rag_load(urls["rag"], sampling, 8, args.requests)
             tok = args.generator if args.generator in ("tiny-random-llama", "SmolLM2-135M-Instruct") else "SmolLM2-135M-Instruct"
             direct = asyncio.run(direct_pipeline(urls, milvus.uri, sampling, tok, args.requests // 2))
+            large = {}
+            if args.large:
+                print(f"adding {args.large} chunks", flush=True)
+                large["searchable_s"] = add_filler(milvus.uri, args.large)
+                large.update(rag_load(urls["rag"], sampling, 1, args.requests))
         finally:
             for p in procs:
                 p.stop()
@@ -185,14 +223,29 @@ def main() -> None:
         "generator": args.generator,
         "max_tokens": args.max_tokens,
         "requests_per_level": args.requests,
-        "milvus": "milvus-lite server (loopback), HNSW ef=64, 13 sample documents",
+        "milvus": f"{engine} on loopback, HNSW ef=64, 13 sample documents",
     }
+    if large:
+        result.update({
+            "large_n_chunks": args.large,
+            "large_searchable_s": round(large["searchable_s"], 1),
+            "large_e2e_ms_p50_c1": round(large["e2e_p50"], 1),
+            "large_e2e_ms_p95_c1": round(large["e2e_p95"], 1),
+            **{f"large_{k.removesuffix('_ms')}_ms_p50_c1": round(large[f"{k}_p50"], 2) for k in STAGES},
+            "large_overhead_ms_p50_c1": round(large["overhead_p50"], 2),
+            "large_minus_small_e2e_ms_p50_c1": round(large["e2e_p50"] - c1["e2e_p50"], 1),
+            # the stage collection size can change; e2e also carries the machine's drift between the two runs
+            "large_minus_small_search_ms_p50_c1": round(large["search_ms_p50"] - c1["search_ms_p50"], 2),
+        })  # fmt: skip
     result = save(result, args.output)
     print(
         f"\ntransformer overhead p50: {result['overhead_ms_p50']:.1f} ms (target <= 15)\n"
         f"e2e p50 c1 / direct client pipeline p50 (baseline, same run): {result['e2e_vs_baseline_c1']:.2f}\n"
         f"e2e p50 c8 / c1: {c8['e2e_p50'] / c1['e2e_p50']:.2f}"
     )
+    if large:
+        print(f"e2e p50 c1 at {args.large} chunks minus small corpus: {result['large_minus_small_e2e_ms_p50_c1']:.1f} ms "
+              f"(target <= 15; search stage {result['large_minus_small_search_ms_p50_c1']:+.2f} ms)")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""``milvus-lite server`` as a child process, for local stacks, benchmarks and tests.
+"""``milvus-lite server`` as a child process, and the interface every local Milvus engine shares.
 
 Milvus Lite opened by path lives inside one process (one process per data
-folder). When the ingester and the transformer must share a collection, run
-it as a server and give both ``LocalMilvus.uri``. ``stop()`` and ``start()``
-keep the port and the data, so Milvus can be taken down and brought back.
+folder); run as a server, the ingester and the transformer share it through
+``uri``. Engines (:mod:`.milvus_engines`) share one interface: ``uri``,
+``make_process()``, ``ready()``, ``start()``/``stop()``; ``stop()`` then
+``start()`` keeps the port and the data, so Milvus can be taken down and
+brought back.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from pathlib import Path
 
 from ragserve.procs import ServerProcess, free_port
 
-
 class LocalMilvus:
+    """``milvus-lite server`` on loopback, data in ``data_dir``."""
+
+    engine = "milvus-lite"
+
     def __init__(self, data_dir: str | Path, *, port: int | None = None, log_path: str | Path | None = None):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
@@ -24,32 +29,37 @@ class LocalMilvus:
         self.log_path = Path(log_path) if log_path else None
         self.process: ServerProcess | None = None
 
-    def argv(self) -> list[str]:
+    def make_process(self) -> ServerProcess:
+        """A fresh, not yet started, process of this engine."""
         exe = shutil.which("milvus-lite") or str(Path(sys.executable).parent / "milvus-lite")
-        return [exe, "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(self.port)]
+        argv = [exe, "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(self.port)]
+        return ServerProcess(argv, ready_url=self.uri, log_path=self.log_path, name=self.engine)
 
-    def start(self, timeout: float = 60) -> LocalMilvus:
-        self.process = ServerProcess(self.argv(), ready_url=self.uri, log_path=self.log_path, name="milvus-lite").start()
-        self._wait_ready(timeout)
-        return self
-
-    def _wait_ready(self, timeout: float) -> None:
-        # A gRPC server: ready when a client can list collections.
+    def ready(self) -> bool:
+        """Whether a client can list collections now (both engines speak gRPC on ``port``)."""
         from pymilvus import MilvusClient
 
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.process.alive:
-                raise RuntimeError(f"milvus-lite exited with {self.process.proc.returncode}")
+        try:
+            client = MilvusClient(uri=self.uri, timeout=2)
             try:
-                client = MilvusClient(uri=self.uri, timeout=2)
                 client.list_collections()
+            finally:
                 client.close()
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+            return True
+        except Exception:
+            return False
+
+    def start(self, timeout: float = 120) -> LocalMilvus:
+        self.process = self.make_process().start()
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if not self.process.alive:
+                raise RuntimeError(f"{self.engine} exited with {self.process.proc.returncode}{self.process.log_tail()}")
+            if time.monotonic() > deadline:
+                self.process.stop()
+                raise TimeoutError(f"{self.engine} not ready after {timeout:.0f}s{self.process.log_tail()}")
+            time.sleep(0.2)
+        return self
 
     def stop(self) -> None:
         if self.process is not None:
@@ -60,3 +70,4 @@ class LocalMilvus:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+

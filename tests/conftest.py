@@ -133,13 +133,19 @@ def backend_server(generation_servers, generation_backend) -> Served:
     return generation_servers(generation_backend)
 
 
-@pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory):
-    """A ``milvus-lite server`` on loopback: one Milvus for the ingester, the transformer and the test."""
-    from ragserve.pipelines.local_milvus import LocalMilvus
+# Every test that touches Milvus runs against each local engine: the default (the Milvus
+# standalone server, what production's Milvus is) and Milvus Lite.
+MILVUS_ENGINES = ("milvus-standalone", "milvus-lite")
+
+
+@pytest.fixture(scope="session", params=MILVUS_ENGINES)
+def milvus_server(request, tmp_path_factory):
+    """One local Milvus per engine and test session, shared by the ingester, the transformer and the
+    tests (each test uses its own collection)."""
+    from ragserve.pipelines.milvus_engines import local_milvus
 
     logs = tmp_path_factory.mktemp("logs")
-    server = LocalMilvus(tmp_path_factory.mktemp("milvus"), log_path=logs / "milvus.log").start()
+    server = local_milvus(request.param, tmp_path_factory.mktemp(request.param), log_path=logs / "milvus.log").start()
     yield server
     server.stop()
 

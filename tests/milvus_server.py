@@ -1,4 +1,8 @@
-"""Test helpers around Milvus Lite on loopback (``ragserve.pipelines.local_milvus``)."""
+"""Test helpers around a local Milvus on loopback (``ragserve.pipelines.milvus_engines``).
+
+Reads here are Strong: they must see what another process (``ragserve ingest``) just wrote;
+on a Milvus server a Session or Bounded read can miss it for a second or two.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ def chunk_ids(milvus: LocalMilvus, collection: str) -> list[str]:
 
     store = MilvusStore(MilvusSettings(milvus_uri=milvus.uri, collection=collection))
     try:
-        return sorted(cid for ids in store.chunks_of(None).values() for cid in ids)
+        return sorted(cid for ids in store.chunks_of(None, consistency="Strong").values() for cid in ids)
     finally:
         store.close()
 
@@ -28,7 +32,7 @@ def chunk_vectors(milvus: LocalMilvus, collection: str) -> dict[str, list[float]
 
     client = MilvusClient(uri=milvus.uri)
     try:
-        rows = client.query(collection, filter=f'{ID} != ""', output_fields=[ID, VECTOR])
+        rows = client.query(collection, filter=f'{ID} != ""', output_fields=[ID, VECTOR], consistency_level="Strong")
         return {row[ID]: list(row[VECTOR]) for row in rows}
     finally:
         client.close()

@@ -1,4 +1,4 @@
-"""``ragserve ingest`` end to end: the real CLI, the served embedder, Milvus Lite on loopback."""
+"""``ragserve ingest`` end to end: the real CLI, the served embedder, each local Milvus engine on loopback."""
 
 import asyncio
 import shutil
@@ -100,14 +100,14 @@ def test_killed_run_is_completed_by_a_rerun_with_identical_ids(milvus, embedding
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                if store.count() > 0:
+                if store.count(consistency="Strong") > 0:  # another process writes: Session would lag
                     break
             except Exception:  # the collection does not exist yet
                 pass
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        partial = store.count()
+        partial = store.count(consistency="Strong")
     finally:
         store.close()
     assert 0 < partial < len(reference), f"the kill must land mid-run ({partial} of {len(reference)})"
@@ -143,6 +143,7 @@ def test_local_embedding_matches_the_served_one(milvus, embedding_server, sample
     scores = []
     for collection in ("local", "samples"):
         store = MilvusStore(MilvusSettings(milvus_uri=milvus.uri, collection=collection))
+        assert store.count(consistency="Strong") > 0  # and the server has caught up with the ingester's writes
         [hits] = store.search([question], top_k=1, filter='doc_id == "security.txt" or doc_id == "samples/security.txt"')
         scores.append(hits[0].score)
         store.close()

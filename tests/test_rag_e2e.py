@@ -2,7 +2,8 @@
 
 Real servers all the way: the embedding predictor, the generation predictor
 (tiny random Llama: its words are gibberish, so answers are checked for
-plumbing, sources for content), Milvus Lite filled by ``ragserve ingest``, and
+plumbing, sources for content), each local Milvus engine (the Milvus
+standalone server and Milvus Lite) filled by ``ragserve ingest``, and
 the transformer as ``ragserve serve rag-transformer``. The only stand-ins are
 recording proxies in front of the two predictors, which show the headers the
 transformer sent and, stopped, play a predictor that went down.
@@ -272,3 +273,15 @@ def test_collection_of_another_dimension_fails_at_load(stack, generation_server,
     with pytest.raises(CollectionMismatch, match="does not exist .* ragserve ingest PATH... --collection never_ingested"):
         missing.load()
     store.close()
+
+
+def test_collection_of_another_metric_fails_at_load(stack, generation_server, embedding_server):
+    from ragserve.transformers.milvus_store import CollectionMismatch, MilvusSettings, MilvusStore
+    from ragserve.transformers.rag import RagTransformer
+
+    settings = _settings(stack.milvus.uri, generation_server, embedding_server).model_copy(update={"collection": "rag_ip"})
+    store = MilvusStore(MilvusSettings(milvus_uri=stack.milvus.uri, collection="rag_ip", metric="IP"))
+    store.ensure_collection(384, {"M": 8, "efConstruction": 32})
+    store.close()
+    with pytest.raises(CollectionMismatch, match="'rag_ip' is indexed for IP similarity, settings say COSINE"):
+        RagTransformer(settings).load()

@@ -73,12 +73,21 @@ def _canary(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def _ask(graph: str, question: str, timeout: float = 300) -> httpx.Response:
+    body = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": [question]}]}
+    return httpx.post(f"{graph}/v2/models/rag/infer", json=body, timeout=timeout)
+
+
 @pytest.mark.slow
-def test_up_answers_through_the_graph_and_stops_every_child(tmp_path):
-    up = Up(tmp_path)
+@pytest.mark.parametrize("engine", ["", "milvus-lite"], ids=["default-engine", "milvus-lite"])
+def test_up_answers_through_the_graph_and_stops_every_child(tmp_path, engine):
+    up = Up(tmp_path, *(["--milvus-engine", engine] if engine else []))
     try:
         children = [c["pid"] for c in up.state()["children"]]
         assert len(children) == 4  # milvus, embedder, generator, transformer
+        [milvus] = [e for e in up.state()["endpoints"] if e["kind"] == "milvus"]
+        # the overlay's RAGSERVE_LOCAL_MILVUS_ENGINE (milvus-standalone), or the flag
+        assert milvus["name"] == (engine or "milvus-standalone")
         graph = up.endpoints["rag-graph"]
         question = "Which port does the ragserve on-call rotation page on?"
         body = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": [question]}]}
@@ -125,6 +134,16 @@ def test_up_answers_through_the_graph_and_stops_every_child(tmp_path):
         canary = _canary(up.state_dir, "status", "rag")
         assert canary.returncode == 0, canary.stderr
         assert "rag-predictor-00001" in canary.stdout
+
+        # Milvus killed: restarted like any child, on its port with its data; answers resume
+        [child] = [c for c in up.state()["children"] if c["name"] == "milvus"]
+        os.kill(child["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not _ask(graph, question).status_code == 200:
+            time.sleep(0.5)
+        assert [c["restarts"] for c in up.state()["children"] if c["name"] == "milvus"] == [1]
+        r = _ask(graph, question)
+        assert r.status_code == 200, r.text
     finally:
         up.stop()
     assert up.proc.returncode == 0

@@ -4,12 +4,21 @@ One layout is shared by the ingestion pipeline (create, upsert, delete) and
 the RAG transformer (check at load, search per request), so both always agree
 on field names. Calls go through pymilvus ``MilvusClient`` with a URI from
 settings: a Milvus Lite path (``./x.db``, in-process), ``http://127.0.0.1:PORT``
-of a ``milvus-lite server``, or a Milvus cluster with a token.
+of a local Milvus (``milvus-lite server`` or the Milvus standalone server), or
+a Milvus cluster with a token.
 
 Failures are mapped once, here: unreachable Milvus -> ``DependencyUnavailable``
 ("milvus", 503) after bounded retries; a bad filter expression -> ``BadRequest``
-naming ``filter``; a collection that is missing or does not match the
-embedding model -> :class:`CollectionMismatch` at load, never at query time.
+naming ``filter`` (Milvus servers report it as the catch-all code 65535);
+a collection that is missing or does not match the embedding model ->
+:class:`CollectionMismatch` at load, never at query time.
+
+What a real Milvus needs that Milvus Lite hides: collections are created
+with Session consistency (a Bounded collection shows a writer its own rows
+1-3 s late; Strong costs ~200 ms per search), ingestion's own reads ask for
+Session explicitly (collections created elsewhere keep their level), and the
+transformer waits for the index build and loads the collection before it
+reports ready.
 """
 
 from __future__ import annotations
@@ -45,6 +54,9 @@ _UNREACHABLE_CODES = {2}  # "Fail connecting to server"
 _NOT_LOADED_CODES = {101}
 _MISSING_COLLECTION_CODES = {100}
 _BAD_EXPRESSION_CODES = {6, 1100}
+# Milvus 2.3+ servers return a bad expression as the catch-all 65535; only its message tells.
+_BAD_EXPRESSION_MESSAGES = ("cannot parse expression", "failed to create query plan", "invalid expression")
+READ_CONSISTENCY = "Session"
 
 
 class MilvusSettings(BaseSettings):
@@ -72,6 +84,10 @@ class MilvusSettings(BaseSettings):
 
     retries: int = Field(2, ge=0)
     """Retries of a dependency call that could not connect, with exponential backoff."""
+
+    index_wait_s: float = Field(900.0, ge=0)
+    """Longest the transformer waits at load for Milvus to finish building the collection's index
+    (a Milvus server builds it in the background after a flush; searches before that scan)."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +203,10 @@ class MilvusStore:
     def _load(self, client) -> None:
         client.load_collection(self.settings.collection, timeout=self.settings.timeout_s)
 
+    def load(self) -> None:
+        """Load the collection into memory (Milvus serves searches only from loaded collections)."""
+        self.call("load collection", self._load)
+
     # -- schema ----------------------------------------------------------------
     def describe(self) -> dict | None:
         """The collection's vector dimension, metric and index type, or None when it does not exist."""
@@ -236,8 +256,40 @@ class MilvusStore:
                 "collection %s has a %s index, settings say %s; searching with %s parameters",
                 s.collection, info["index_type"], s.index_type, info["index_type"],
             )
-        self.call("load collection", self._load)
+        self.wait_for_index(s.index_wait_s)
+        self.load()
         return info
+
+    def index_progress(self) -> tuple[int, int]:
+        """``(indexed_rows, total_rows)`` of the vector index (Milvus Lite reports neither: ``(0, 0)``)."""
+        name = self.settings.collection
+
+        def progress(client):
+            indexed = total = 0
+            for index_name in client.list_indexes(name):
+                info = client.describe_index(name, index_name)
+                indexed += int(info.get("indexed_rows", 0) or 0)
+                total += int(info.get("total_rows", 0) or 0)
+            return indexed, total
+
+        return self.call("describe index", progress)
+
+    def wait_for_index(self, timeout_s: float, poll_s: float = 1.0) -> float:
+        """Block until the index covers every flushed row; seconds waited. A slow build is a clear error."""
+        start, logged = time.monotonic(), False
+        while True:
+            indexed, total = self.index_progress()
+            if indexed >= total:
+                return time.monotonic() - start
+            if time.monotonic() - start >= timeout_s:
+                raise CollectionMismatch(
+                    f"collection '{self.settings.collection}': Milvus indexed {indexed} of {total} rows in "
+                    f"{timeout_s:.0f}s; raise index_wait_s or wait for the build to finish"
+                )
+            if not logged:
+                logger.info("waiting for Milvus to index %s: %d/%d rows", self.settings.collection, indexed, total)
+                logged = True
+            time.sleep(poll_s)
 
     def ensure_collection(self, dimension: int, index_params: dict[str, Any]) -> None:
         """Create the collection if missing (ingestion); an existing one must match ``dimension``."""
@@ -266,7 +318,9 @@ class MilvusStore:
             schema.add_field(VECTOR, DataType.FLOAT_VECTOR, dim=dimension)
             index = client.prepare_index_params()
             index.add_index(field_name=VECTOR, index_type=s.index_type, metric_type=s.metric, params=index_params)
-            client.create_collection(s.collection, schema=schema, index_params=index, timeout=s.timeout_s)
+            client.create_collection(
+                s.collection, schema=schema, index_params=index, consistency_level=READ_CONSISTENCY, timeout=s.timeout_s
+            )
 
         self.call("create collection", create)
         logger.info("created collection %s (%d-d, %s/%s)", s.collection, dimension, s.index_type, s.metric)
@@ -323,7 +377,8 @@ class MilvusStore:
 
     def _request_error(self, exc: BaseException, filter: str) -> RagserveError:
         code, message = _code(exc), getattr(exc, "message", str(exc))
-        if code in _BAD_EXPRESSION_CODES and filter:
+        bad_expression = code in _BAD_EXPRESSION_CODES or any(m in str(message) for m in _BAD_EXPRESSION_MESSAGES)
+        if bad_expression and filter:
             return BadRequest(f"filter expression {filter!r} is invalid: {message}", param="filter")
         if code in _MISSING_COLLECTION_CODES:
             return DependencyUnavailable(DEPENDENCY, f"collection '{self.settings.collection}' is gone: {message}")
@@ -344,8 +399,14 @@ class MilvusStore:
     def flush(self) -> None:
         self.call("flush", lambda c: c.flush(self.settings.collection, timeout=self.settings.timeout_s))
 
-    def chunks_of(self, doc_ids: Sequence[str] | None = None) -> dict[str, dict[str, str]]:
-        """``{doc_id: {chunk_id: doc_hash}}`` for the given documents, or for every document when None."""
+    def chunks_of(
+        self, doc_ids: Sequence[str] | None = None, *, consistency: str = READ_CONSISTENCY
+    ) -> dict[str, dict[str, str]]:
+        """``{doc_id: {chunk_id: doc_hash}}`` for the given documents, or for every document when None.
+
+        Session consistency sees this client's own writes; a reader that must see
+        another process' writes (a test checking a finished ingestion) asks for Strong.
+        """
         expr = f"{DOC_ID} in {_string_list(doc_ids)}" if doc_ids is not None else f'{ID} != ""'
         if doc_ids is not None and not doc_ids:
             return {}
@@ -354,7 +415,7 @@ class MilvusStore:
         def query(client):
             it = client.query_iterator(
                 self.settings.collection, batch_size=1000, filter=expr, output_fields=[DOC_ID, DOC_HASH],
-                timeout=self.settings.timeout_s,
+                timeout=self.settings.timeout_s, consistency_level=consistency,
             )
             rows = []
             try:
@@ -368,10 +429,11 @@ class MilvusStore:
             out.setdefault(row[DOC_ID], {})[row[ID]] = row[DOC_HASH]
         return out
 
-    def count(self) -> int:
+    def count(self, *, consistency: str = READ_CONSISTENCY) -> int:
         rows = self.call(
             "count",
-            lambda c: c.query(self.settings.collection, filter="", output_fields=["count(*)"], timeout=self.settings.timeout_s),
+            lambda c: c.query(self.settings.collection, filter="", output_fields=["count(*)"],
+                              timeout=self.settings.timeout_s, consistency_level=consistency),
         )
         return int(rows[0]["count(*)"])
 

@@ -18,7 +18,7 @@ def register(sub) -> None:
         "up",
         help="run an overlay's InferenceServices and graph as local processes",
         description="Render an overlay (default: local) and run its InferenceServices, InferenceGraph and "
-        "canary revisions as processes on 127.0.0.1, with Milvus Lite and the sample corpus.",
+        "canary revisions as processes on 127.0.0.1, with a local Milvus and the sample corpus.",
     )
     add_settings_arguments(up, UpSettings)
     up.set_defaults(func=run_up)

@@ -1,7 +1,7 @@
 """``ragserve up``: run an overlay's InferenceServices and InferenceGraph as local processes.
 
-Order: render the overlay, plan the processes (:mod:`.plan`), start Milvus
-Lite (unless a URI is given), the predictors, ingest the sample corpus when
+Order: render the overlay, plan the processes (:mod:`.plan`), start the
+local Milvus engine (unless a URI is given; :mod:`ragserve.pipelines.milvus_engines`), the predictors, ingest the sample corpus when
 the collection is empty, then the transformers; each component is reached
 through its local ingress (:mod:`.ingress`), the graph through KServe's router
 semantics (:mod:`ragserve.graph`), revisions through the control endpoint
@@ -28,6 +28,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..manifests.bundle import deployment_mode
+from ..manifests.problem import ManifestError
 from ..manifests.render import render
 from ..procs import ServerProcess
 from .control import build_control_app, kubeconfig
@@ -38,6 +39,8 @@ from .supervisor import Child, Supervisor, http_ready
 
 logger = logging.getLogger("ragserve.up")
 
+# the overlay's choice of local Milvus engine: a key of its ConfigMap ragserve-settings
+OVERLAY_ENGINE_KEY = "RAGSERVE_LOCAL_MILVUS_ENGINE"
 
 
 class UpSettings(BaseSettings):
@@ -65,7 +68,12 @@ class UpSettings(BaseSettings):
     base+100; 0 picks free ports for everything."""
 
     milvus_uri: str = ""
-    """Milvus to use; empty starts ``milvus-lite server`` on loopback with data in the state dir."""
+    """Milvus to use; empty starts a local Milvus (``milvus_engine``) on loopback with data in the state dir."""
+
+    milvus_engine: Literal["", "milvus-standalone", "milvus-lite"] = ""
+    """Local Milvus to start: ``milvus-standalone`` (the Milvus server from PyPI ``milvus``) or ``milvus-lite``
+    (``milvus-lite server``); empty takes the overlay's ``RAGSERVE_LOCAL_MILVUS_ENGINE`` (ConfigMap
+    ``ragserve-settings``), else ``milvus-standalone``."""
 
     ingest: bool = True
     """Ingest ``samples`` when the collection is missing or empty."""
@@ -135,25 +143,30 @@ class LocalRunner:
 
         return Child(proc.revision, make, http_ready(proc.url + proc.ready_path), info={"url": proc.url})
 
-    def _milvus_child(self, port: int) -> Child:
-        from ..pipelines.local_milvus import LocalMilvus
+    def milvus_engine(self, objects: list[dict]) -> str:
+        """The flag (or env), else the overlay's setting, else the default engine."""
+        from ..pipelines.milvus_engines import DEFAULT_ENGINE, ENGINES
 
-        log = self.state_dir / "logs" / "milvus.log"
-        milvus = LocalMilvus(self.state_dir / "milvus", port=port, log_path=log)
-        argv, uri = milvus.argv(), milvus.uri
+        if self.settings.milvus_engine:
+            return self.settings.milvus_engine
+        settings = next((o for o in objects if o.get("kind") == "ConfigMap"
+                         and (o.get("metadata") or {}).get("name") == "ragserve-settings"), {})
+        engine = (settings.get("data") or {}).get(OVERLAY_ENGINE_KEY) or DEFAULT_ENGINE
+        if engine not in ENGINES:
+            raise ManifestError(f"ConfigMap ragserve-settings: {OVERLAY_ENGINE_KEY}={engine!r} is not one of {', '.join(ENGINES)}")
+        return engine
+
+    def _milvus_child(self, engine: str, port: int) -> Child:
+        from ..pipelines.milvus_engines import local_milvus
+
+        # one data folder per engine: their files are not interchangeable
+        folder = "milvus" if engine == "milvus-lite" else engine
+        milvus = local_milvus(engine, self.state_dir / folder, port=port, log_path=self.state_dir / "logs" / "milvus.log")
 
         async def ready() -> bool:
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
-                writer.close()
-                return True
-            except (OSError, asyncio.TimeoutError):
-                return False
+            return await asyncio.to_thread(milvus.ready)
 
-        def make() -> ServerProcess:
-            return ServerProcess(argv, ready_url=uri, log_path=log, name="milvus")
-
-        return Child("milvus", make, ready, info={"url": uri})
+        return Child("milvus", milvus.make_process, ready, info={"url": milvus.uri, "engine": engine})
 
     # -- running ---------------------------------------------------------------
     async def _serve(self, name: str, app, port: int) -> None:
@@ -204,7 +217,7 @@ class LocalRunner:
         # only transformers (and the ingestion that feeds them) talk to Milvus
         needs_milvus = any("transformer" in (o.get("spec") or {}) for o in objects if o.get("kind") == "InferenceService")
         if not milvus_uri and needs_milvus:
-            milvus = self._milvus_child(milvus_port)
+            milvus = self._milvus_child(self.milvus_engine(objects), milvus_port)
             milvus_uri = milvus.info["url"]
         plan = Planner(
             objects, ports=self.process_ports, route_ports=self.route_ports, store=self.store,
@@ -229,7 +242,7 @@ class LocalRunner:
         if milvus is not None:
             self.supervisor.add(milvus)
             await self.supervisor.start(milvus)
-            self.endpoints.append(("milvus", "milvus-lite server", milvus_uri))
+            self.endpoints.append(("milvus", milvus.info["engine"], milvus_uri))
         procs = plan.processes()
         for proc in [p for p in procs if p.role == "predictor"]:
             await self._start_revision(proc)
