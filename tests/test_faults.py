@@ -118,7 +118,10 @@ def test_dependency_killed_mid_load_is_503_naming_it_then_recovers(stack, engine
     pid = rag.process.proc.pid
     url = f"{rag.http_url}/v2/models/rag/infer"
     with Load(url) as load:
-        time.sleep(3)
+        # healthy first: wait for answers (a loaded machine takes longer than a quiet one)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(r[2] == 200 for r in load.results):
+            time.sleep(0.2)
         assert any(r[2] == 200 for r in load.results), load.results[-5:]
         killed_at = time.monotonic()
         _kill(stack[name])

@@ -78,7 +78,9 @@ def test_client_disconnect_drops_the_sequence(backend_server):
     )
     first = next(iter(stream))
     assert first.choices[0].delta.role == "assistant"
-    assert metrics(backend_server)["ragserve_generation_active_sequences"] == 1
+    # the role chunk goes out as the request is submitted: vLLM may count it a moment later
+    during = wait_for(lambda m: m["ragserve_generation_active_sequences"] == 1, backend_server)
+    assert during["ragserve_generation_active_sequences"] == 1
     stream.close()
 
     after = wait_for(lambda m: m["ragserve_generation_active_sequences"] == 0, backend_server)
