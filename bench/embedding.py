@@ -33,23 +33,13 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from loadgen import post_request, run_load  # noqa: E402
+from questions import SAMPLE_QUESTIONS as QUESTIONS  # noqa: E402
 from report import save  # noqa: E402
 
 WORDS = (
     "kserve serves models on kubernetes while milvus stores vectors for retrieval and the transformer "
     "builds prompts from the retrieved chunks before the generator answers with its sources attached"
 ).split()
-# questions the sample corpus answers (bench/rag.py asks the same), plus its FAQ titles
-QUESTIONS = [
-    "When does the pager rotation hand over?",
-    "How often are the Milvus credentials rotated?",
-    "What share of traffic does a canary revision get first?",
-    "Which GPU runs the production generation predictor?",
-    "Under which license is ragserve published?",
-    "What is the 0.1.0 release known as internally?",
-    "How many tokens does each chunk repeat from the previous one?",
-    "What is the most completion tokens one request may ask for?",
-]
 
 
 def sentences(n: int) -> list[str]:
