@@ -80,6 +80,12 @@ def test_client_disconnect_drops_the_sequence(backend_server):
     assert first.choices[0].delta.role == "assistant"
     # the role chunk goes out as the request is submitted: vLLM may count it a moment later
     during = wait_for(lambda m: m["ragserve_generation_active_sequences"] == 1, backend_server)
+    produced = during["ragserve_generation_tokens_total[completion]"] - before.get("ragserve_generation_tokens_total[completion]", 0)
+    if during["ragserve_generation_active_sequences"] == 0 and produced >= LONG["max_tokens"]:
+        # Seen with vLLM on a warm, quiet machine: the engine wrote all 2000 tokens (~2 s) before the
+        # client's first chunk arrived, so there was nothing left to abort. Not a pass: a skip that says so.
+        stream.close()
+        pytest.skip(f"the engine finished all {LONG['max_tokens']} tokens before the client could disconnect")
     assert during["ragserve_generation_active_sequences"] == 1
     stream.close()
 
