@@ -9,6 +9,7 @@ counting are the same whichever way a client comes in.
 from __future__ import annotations
 
 import asyncio
+import time
 import logging
 from contextlib import aclosing
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -142,6 +143,12 @@ class GenerationPredictor(Model):
         logger.info("generation backend %s ready, context %d", self.backend.name, self.backend.max_model_len)
         self.ready = True
         return self.ready
+
+    async def warm_up(self) -> None:
+        """Called by the server on its event loop after :meth:`load`, before it listens."""
+        started = time.perf_counter()
+        await self.backend.warm_up()
+        logger.info("generation backend %s warmed up in %.1f s", self.backend.name, time.perf_counter() - started)
 
     def stop(self) -> None:
         if self.backend is not None:

@@ -274,20 +274,23 @@ class ModelServer:
         )
         rest = _DeferredSignalServer(config)
         grpc_server = None
-        if self.settings.enable_grpc:
-            grpc_server = build_grpc_server(self.repository, self.settings)
-            await grpc_server.start()
-        for model in self.models:
-            model.start()
-        logger.info(
-            "serving %s on http://%s:%d%s",
-            ", ".join(m.name for m in self.models),
-            self.settings.host,
-            self.settings.http_port,
-            f" and grpc {self.settings.host}:{self.settings.grpc_port}" if grpc_server else "",
-        )
+        interrupted: list[signal.Signals] = []
         try:
-            await rest.serve()
+            for model in self.models:
+                model.start()
+            interrupted = await self._warm_up()
+            if not interrupted:
+                if self.settings.enable_grpc:
+                    grpc_server = build_grpc_server(self.repository, self.settings)
+                    await grpc_server.start()
+                logger.info(
+                    "serving %s on http://%s:%d%s",
+                    ", ".join(m.name for m in self.models),
+                    self.settings.host,
+                    self.settings.http_port,
+                    f" and grpc {self.settings.host}:{self.settings.grpc_port}" if grpc_server else "",
+                )
+                await rest.serve()
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
@@ -298,6 +301,41 @@ class ModelServer:
                     logger.exception("stopping model %s failed", model.name)
         logger.info("stopped")
         rest.reraise_signals()
+        for sig in interrupted:
+            signal.raise_signal(sig)
+
+    async def _warm_up(self) -> list[signal.Signals]:
+        """Let models pay first-request costs on this loop before the server listens.
+
+        Until it listens, readiness probes fail, as they should. A SIGTERM/SIGINT
+        meanwhile (a pod deleted while starting) ends the warm-up; the signals
+        caught are returned so :meth:`serve` stops the models before exiting by them.
+        """
+        warm_ups = [m.warm_up for m in self.models if hasattr(m, "warm_up")]
+        if not warm_ups:
+            return []
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        caught: list[signal.Signals] = []
+        watched = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+
+        def on_signal(sig: signal.Signals) -> None:
+            caught.append(sig)
+            task.cancel()
+
+        for sig in watched:
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            for warm_up in warm_ups:
+                await warm_up()
+        except asyncio.CancelledError:
+            if not caught:
+                raise
+            task.uncancel()
+            logger.info("interrupted by %s while warming up", caught[0].name)
+        finally:
+            for sig in watched:
+                loop.remove_signal_handler(sig)
+        return caught
 
     def run(self) -> None:
         asyncio.run(self.serve())

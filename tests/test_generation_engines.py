@@ -7,6 +7,7 @@ in-process (a stopped scheduler thread).
 """
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import signal
@@ -50,6 +51,14 @@ def test_signal_stops_the_engine_and_leaves_no_process(generation_backend, sig, 
         served.process.stop()
 
 
+def _is_engine_core(process: psutil.Process) -> bool:
+    # vLLM leaves short-lived helpers behind as zombies: their cmdline can no longer be read
+    try:
+        return "EngineCore" in " ".join([process.name(), *process.cmdline()])
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
+        return False
+
+
 def test_killed_engine_is_not_ready_and_503_then_the_server_still_answers(generation_backend, tmp_path):
     if generation_backend != "vllm":
         pytest.skip("the transformers engine is a thread of the server, not a process to kill "
@@ -59,9 +68,11 @@ def test_killed_engine_is_not_ready_and_503_then_the_server_still_answers(genera
         base = served.http_url
         ok = httpx.post(f"{base}/v2/models/generator/generate", json={"text_input": "hi", "parameters": {"max_tokens": 2}})
         assert ok.status_code == 200, ok.text
-        for child in psutil.Process(served.process.proc.pid).children(recursive=True):
-            if "EngineCore" in " ".join([child.name(), *child.cmdline()]):
-                for p in [child, *child.children(recursive=True)]:
+        engines = [p for p in psutil.Process(served.process.proc.pid).children(recursive=True) if _is_engine_core(p)]
+        assert engines, "no EngineCore process under the server"
+        for engine in engines:
+            for p in [engine, *engine.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     p.kill()
         deadline = time.monotonic() + 30
         while httpx.get(f"{base}/v2/health/ready").status_code == 200 and time.monotonic() < deadline:
@@ -137,3 +148,54 @@ def test_vllm_on_cuda_with_its_defaults(tmp_path):
         assert chunks[0].choices[0].delta.role == "assistant"
     finally:
         served.process.stop()
+
+
+# A server whose engine warms up forever (an injected fault): it must not listen, and a signal
+# must still stop the engine (close() writes the marker) and end the process by that signal.
+_SLOW_WARM_UP = """
+import asyncio, logging, sys
+from ragserve.predictors.backends.hf import TransformersBackend
+from ragserve.predictors.generation import GenerationPredictor, GenerationSettings
+from ragserve.server import ModelServer
+
+class SlowWarmUp(TransformersBackend):
+    async def warm_up(self):
+        print("warming up", flush=True)
+        await asyncio.sleep(3600)
+    def close(self):
+        super().close()
+        open(sys.argv[1], "w").write("closed")
+
+settings = GenerationSettings(model="tiny-random-llama", backend="transformers", torch_threads=1,
+                              http_port=int(sys.argv[2]), enable_grpc=False)
+logging.basicConfig(level=logging.INFO)
+model = GenerationPredictor(settings, SlowWarmUp(settings))
+model.load()
+ModelServer([model], settings).run()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_while_warming_up_stops_the_engine(sig, tmp_path):
+    import subprocess
+    import sys
+
+    from ragserve.procs import free_port
+
+    marker, port = tmp_path / "closed", free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WARM_UP, str(marker), str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = [proc.stdout.readline()]
+        while seen[-1] not in ("warming up\n", ""):  # "": it exited
+            seen.append(proc.stdout.readline())
+        assert seen[-1] == "warming up\n", "".join(seen)
+        with pytest.raises(httpx.ConnectError):  # not listening: readiness probes fail while it warms up
+            httpx.get(f"http://127.0.0.1:{port}/v2/health/ready")
+        proc.send_signal(sig)
+        log = proc.communicate(timeout=30)[0]
+        assert proc.returncode == -sig, log
+        assert marker.read_text() == "closed", log
+        assert f"interrupted by {sig.name} while warming up" in log
+    finally:
+        proc.kill()

