@@ -39,10 +39,13 @@ def wait_for(predicate, served, timeout: float = 15.0) -> dict:
         time.sleep(0.05)
 
 
-def test_concurrent_requests_share_decode_steps(backend_server, generation_backend):
-    if generation_backend != "transformers":
-        pytest.skip("counts ragserve_batch_size, the transformers scheduler's passes; vLLM batches on its own "
-                    "(bench/generation.py measures batched_vs_single for both)")
+def test_concurrent_requests_share_decode_steps(generation_server):
+    """Our transformers scheduler's continuous batching (``ragserve_batch_size`` counts its passes).
+
+    Not in the vLLM matrix: vLLM batches on its own; bench/generation.py measures
+    batched_vs_single for both engines.
+    """
+    backend_server = generation_server
     url = f"{backend_server.http_url}/v2/models/generator/generate"
     prompts = [f"Request {i} is about {w}" for i, w in enumerate(["kserve", "milvus", "vllm", "rag"] * 2)]
     body = {"temperature": 0.0, "max_tokens": 32, "ignore_eos": True}
