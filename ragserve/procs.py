@@ -36,7 +36,7 @@ def grpc_fork_safe() -> None:
 def die_with_parent(argv: Sequence[str]) -> list[str]:
     """``argv`` run so that Linux SIGTERMs it when its parent dies (``setpriv --pdeathsig``).
 
-    Children live in their own session (so Ctrl-C reaches only the parent,
+    Children live in their own process group (so Ctrl-C reaches only the parent,
     which stops them in order); this guarantees no orphans even when the
     parent is SIGKILLed. The death signal survives the exec of ``argv``. Where
     setpriv(1) is missing (not Linux), children are only stopped by the parent.
@@ -90,7 +90,10 @@ class ServerProcess:
             env=self.env,
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
-            start_new_session=True,  # our own process group: a stop takes its children too
+            # Our own process group (a stop takes its children too), but not our own session: Linux
+            # schedules each session as one group (autogroup), and in a session of its own a vLLM
+            # server's spinning engine starved its event loop, holding streams back for seconds.
+            process_group=0,
         )
         return self
 

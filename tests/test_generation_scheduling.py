@@ -86,7 +86,8 @@ def test_client_disconnect_drops_the_sequence(backend_server):
 
     after = wait_for(lambda m: m["ragserve_generation_active_sequences"] == 0, backend_server)
     assert after["ragserve_generation_active_sequences"] == 0
-    if after["ragserve_generation_cancelled_total"] == before.get("ragserve_generation_cancelled_total", 0):
+    # the counter appears with its first cancel
+    if after.get("ragserve_generation_cancelled_total", 0) == before.get("ragserve_generation_cancelled_total", 0):
         produced = after["ragserve_generation_tokens_total[completion]"] - before.get("ragserve_generation_tokens_total[completion]", 0)
         assert produced >= LONG["max_tokens"], f"not cancelled, yet only {produced} tokens were produced"
         pytest.skip(f"the engine finished all {LONG['max_tokens']} tokens before the disconnect reached the server")
