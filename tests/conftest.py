@@ -46,7 +46,8 @@ class Served:
         return f"127.0.0.1:{self.grpc_port}"
 
 
-def start_server(component: str, model: str, tmp_dir: Path, *options: str, grpc: bool = True) -> Served:
+def start_server(component: str, model: str, tmp_dir: Path, *options: str, grpc: bool = True,
+                 env: dict[str, str] | None = None) -> Served:
     http_port = free_port()
     grpc_port = free_port() if grpc else None
     proc = ServerProcess.ragserve(
@@ -57,6 +58,7 @@ def start_server(component: str, model: str, tmp_dir: Path, *options: str, grpc:
         http_port=http_port,
         grpc_port=grpc_port,
         log_path=tmp_dir / f"{component}-{http_port}.log",
+        env=env,
     ).start()
     try:
         proc.wait_ready(timeout=180)

@@ -181,3 +181,29 @@ def test_rerank_puts_the_chunk_that_states_the_fact_first():
     assert rerank(q, [topical, stating, other], top_k=2, weight=1.0) == [stating, topical]
     assert rerank(q, [topical, stating, other], top_k=2, weight=0.0) == [topical, stating]  # off: vector order
     assert rerank("the of a?", [topical, stating], top_k=1, weight=1.0) == [topical]  # no content words
+
+
+def test_attributed_citation_points_at_the_source_the_answer_came_from():
+    from ragserve.transformers.attribution import citation_suffix
+
+    pager = Hit("c1", "samples/on-call.html", 0, "On call", "u", "The rotation hands over every Tuesday at 09:00 UTC.", 0.7)
+    secret = Hit("c2", "samples/security.txt", 0, "Security", "u", "The Milvus token lives in the Secret milvus-credentials.", 0.6)
+    q = "Where is the Milvus token stored?"
+    # [2]: "milvus" and "token" are the question's own words, "secret"/"credentials" are what the answer added
+    assert citation_suffix(q, "It is stored in the Secret milvus-credentials.", [pager, secret]) == " [2]"
+    assert citation_suffix("When does the rotation hand over?", "Every Tuesday at 09:00.", [pager, secret]) == " [1]"
+    assert citation_suffix(q, "Secret milvus-credentials, see [2].", [pager, secret]) == ""  # the model cited
+    assert citation_suffix(q, "The Milvus token is stored.", [pager, secret]) == ""  # nothing new to support
+    assert citation_suffix(q, "In vault 42.", [pager, secret]) == ""  # invented: no source shares a word
+    assert citation_suffix(q, "It is stored in the Secret milvus-credentials.", []) == ""
+
+
+def test_attribute_citations_setting_adds_the_citation(monkeypatch):
+    from ragserve.transformers.prompt import Prompt
+
+    hits = [Hit("c1", "a.md", 0, "A", "a.md", "The batcher waits 5 milliseconds.", 0.9)]
+    prompt = Prompt("text", [], hits, 10, "How long does the batcher wait?")
+    monkeypatch.setenv("RAGSERVE_RAG_ATTRIBUTE_CITATIONS", "true")
+    assert RagTransformer(RagTransformerSettings()).cite(prompt, "5 milliseconds.") == "5 milliseconds. [1]"
+    monkeypatch.delenv("RAGSERVE_RAG_ATTRIBUTE_CITATIONS")
+    assert RagTransformer(RagTransformerSettings()).cite(prompt, "5 milliseconds.") == "5 milliseconds."

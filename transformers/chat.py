@@ -76,7 +76,8 @@ async def chat_completion(model: RagTransformer, request: ChatCompletionRequest,
         id=rid,
         created=created,
         model=model.name,
-        choices=[ChatChoice(index=0, message=AssistantMessage(content=answer.texts[0]), finish_reason=finish)],
+        choices=[ChatChoice(index=0, message=AssistantMessage(content=model.cite(plan.prompts[0], answer.texts[0])),
+                            finish_reason=finish)],
         usage=CompletionUsage.of(answer.prompt_tokens, answer.completion_tokens),
         sources=sources,
     )
@@ -96,8 +97,31 @@ async def _stream(model: RagTransformer, plan, request, sources: list[dict], rid
                "sources": sources}
         if first is None:
             return
-        yield {**first, **head}
+        cite = _citing(model, plan)
+        yield {**cite(first), **head}
         async for event in upstream:
-            yield {**event, **head}
+            yield {**cite(event), **head}
     finally:
         await upstream.aclose()
+
+
+def _citing(model: RagTransformer, plan):
+    """Passes chunk events through; the one that finishes the answer gets its citation (``attribute_citations``)."""
+    text = ""
+
+    def cite(event: dict) -> dict:
+        nonlocal text
+        if not event.get("choices"):
+            return event
+        choice = event["choices"][0]
+        content = choice["delta"].get("content") or ""
+        text += content
+        if choice.get("finish_reason") is None:
+            return event
+        suffix = model.cite(plan.prompts[0], text)[len(text):]
+        if not suffix:
+            return event
+        choice = {**choice, "delta": {**choice["delta"], "content": content + suffix}}
+        return {**event, "choices": [choice, *event["choices"][1:]]}
+
+    return cite

@@ -64,6 +64,8 @@ class Prompt:
     sources: list[Hit]
     """The chunks in the prompt, in citation order."""
     tokens: int
+    question: str = ""
+    """The question the sources were retrieved for."""
 
 
 class PromptBuilder:
@@ -116,7 +118,7 @@ class PromptBuilder:
         text, messages = self.render(question, hits, history)
         [tokens] = self.count([text])
         if tokens <= budget:
-            return Prompt(text, messages, list(hits), tokens)
+            return Prompt(text, messages, list(hits), tokens, question)
         # Estimate from per-block counts, then confirm on the real text: block
         # counts are not exactly additive at the seams.
         empty, _ = self.render(question, [], history)
@@ -138,5 +140,5 @@ class PromptBuilder:
             text, messages = self.render(question, hits[:keep], history)
             [tokens] = self.count([text])
             if tokens <= budget or keep == 0:
-                return Prompt(text, messages, list(hits[:keep]), tokens)
+                return Prompt(text, messages, list(hits[:keep]), tokens, question)
             keep -= 1

@@ -42,6 +42,7 @@ from ragserve.v2 import bytes_output, make_response, request_parameters, text_in
 
 from .clients import EmbeddingClient, GenerationClient, GrpcGenerationClient, trace_headers
 from .milvus_store import Hit, MilvusSettings, MilvusStore
+from .attribution import citation_suffix
 from .prompt import DEFAULT_SOURCE_TEMPLATE, DEFAULT_TEMPLATE, Prompt, PromptBuilder, check_source_template, check_template
 from .rerank import rerank
 
@@ -118,6 +119,9 @@ class RagTransformerSettings(ServingSettings, MilvusSettings):
 
     source_order: Literal["best_first", "best_last"] = "best_first"
     """Order of the sources in the prompt; ``best_last`` puts the best one next to the question. ``[1]`` is the best either way."""
+
+    attribute_citations: bool = False
+    """When an answer cites no ``[n]``, append the number of the source it was taken from (see :mod:`.attribution`)."""
 
     stop: str = ""
     """Stop sequence when a request does not give ``stop`` (one string: V2 parameters are scalars), e.g. a newline."""
@@ -354,6 +358,12 @@ class RagTransformer(Model):
             prompts = [self.prompt.fit(q, h, budget, history) for q, h in zip(questions, hits)]
         return RagPlan(prompts, sampling, downstream, timings=timings)
 
+    def cite(self, prompt: Prompt, answer: str) -> str:
+        """``answer`` with the citation ``attribute_citations`` adds (unchanged when off)."""
+        if not self.settings.attribute_citations:
+            return answer
+        return answer + citation_suffix(prompt.question, answer, prompt.sources)
+
     def sources(self, plan: RagPlan) -> list[dict]:
         n = self.settings.snippet_chars
         return [
@@ -383,7 +393,7 @@ class RagTransformer(Model):
     async def postprocess(self, answer: RagAnswer, headers=None, response_headers=None) -> InferResponse:
         plan = answer.plan
         outputs = [
-            bytes_output(OUTPUT_NAME, answer.texts),
+            bytes_output(OUTPUT_NAME, [self.cite(p, t) for p, t in zip(plan.prompts, answer.texts)]),
             bytes_output(SOURCES_NAME, [json.dumps(s, ensure_ascii=False) for s in self.sources(plan)]),
         ]
         parameters = {
