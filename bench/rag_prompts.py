@@ -1,12 +1,12 @@
 """Answer accuracy of prompt variants, in-process: a minute per variant instead of a `ragserve up` run.
 
 The same pieces as the served graph, without servers: ``pipelines/samples``
-chunked as ingest chunks it, embedded with the packaged MiniLM, the 10 most
-similar chunks per question reranked as the transformer reranks them
+chunked as ingest chunks it, embedded with the packaged MiniLM, the
+``rerank_candidates`` most similar chunks per question reranked as the transformer reranks them
 (``rerank_candidates``), the prompt rendered by the transformer's
 ``PromptBuilder``, and the packaged SmolLM2 generating greedily. Answers are
 scored with ``ragserve eval``'s own ``contains_fact``, citations with
-``attribute_citations``' ``citation_suffix``. The ``local`` variant is what the
+``attribute_citations``' ``attributed_source``. The ``local`` variant is what the
 local overlay sends (its accuracy matches `bench/rag_quality.py`'s served run).
 
     python bench/rag_prompts.py                     # every variant
@@ -32,7 +32,11 @@ import yaml  # noqa: E402
 from report import save  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-OVERLAY = yaml.safe_load((ROOT / "inferenceservices/overlays/local/settings.yaml").read_text())["data"]
+# the transformer's settings under `ragserve up`: the base map, then the local overlay's
+OVERLAY = {
+    **yaml.safe_load((ROOT / "inferenceservices/base/configmap-settings.yaml").read_text())["data"],
+    **yaml.safe_load((ROOT / "inferenceservices/overlays/local/settings.yaml").read_text())["data"],
+}
 EXAMPLE = ("Example:\nText: The index cache holds 512 entries and is flushed every 10 minutes.\n"
            "Question: How often is the index cache flushed?\nAnswer: Every 10 minutes.\n\n")
 LOCAL = dict(
@@ -55,30 +59,28 @@ VARIANTS = {
 
 
 def candidates(cases) -> list[list]:
-    """The 10 most similar chunks per question, as the served search returns them."""
+    """The chunks the served search returns per question (``rerank_candidates`` of them, most similar first)."""
     from sentence_transformers import SentenceTransformer
 
     from ragserve.model_assets import resolve_embedding_model
     from ragserve.pipelines.chunker import load_tokenizer
-    from ragserve.pipelines.ingest import chunk_documents
+    from ragserve.pipelines.ingest import IngestSettings, chunk_documents
     from ragserve.pipelines.loaders import load_documents
     from ragserve.transformers.milvus_store import Hit
 
-    model = resolve_embedding_model("all-MiniLM-L6-v2")
-    cwd = os.getcwd()
-    os.chdir(ROOT / "pipelines")  # doc ids as `ragserve ingest pipelines/samples` makes them
-    try:
-        rows = chunk_documents(load_documents(["samples"]), load_tokenizer(model), chunk_tokens=128, overlap=24)
-    finally:
-        os.chdir(cwd)
+    settings = IngestSettings()  # chunked as `ragserve ingest pipelines/samples` chunks (doc ids "samples/...")
+    model = resolve_embedding_model(settings.local_model)
+    rows = chunk_documents(load_documents([ROOT / "pipelines/samples"]), load_tokenizer(model),
+                           chunk_tokens=settings.chunk_tokens, overlap=settings.chunk_overlap)
     encoder = SentenceTransformer(model, device="cpu")
     chunks = encoder.encode([r["text"] for r in rows], normalize_embeddings=True, batch_size=32)
     questions = encoder.encode([c.question for c in cases], normalize_embeddings=True)
+    fetch = int(OVERLAY["RAGSERVE_RAG_RERANK_CANDIDATES"])
     out = []
     for q in questions:
         scores = chunks @ q
         out.append([Hit(rows[i]["id"], rows[i]["doc_id"], rows[i]["chunk_index"], rows[i]["title"], rows[i]["uri"],
-                        rows[i]["text"], float(scores[i])) for i in np.argsort(-scores)[:10]])
+                        rows[i]["text"], float(scores[i])) for i in np.argsort(-scores)[:fetch]])
     return out
 
 
@@ -95,7 +97,7 @@ def main() -> None:
     from ragserve.eval.dataset import load_dataset
     from ragserve.eval.metrics import contains_fact, source_matches
     from ragserve.model_assets import PACKAGED_GENERATION, resolve_generation_model
-    from ragserve.transformers.attribution import citation_suffix
+    from ragserve.transformers.attribution import attributed_source
     from ragserve.transformers.prompt import PromptBuilder
     from ragserve.transformers.rerank import rerank
 
@@ -125,8 +127,8 @@ def main() -> None:
         correct = sum(contains_fact(a, c.answers) for a, c in zip(answers, cases))
         cited = 0
         for a, c, k in zip(answers, cases, kept):
-            suffix = citation_suffix(c.question, a, k)
-            cited += bool(suffix) and source_matches({"doc_id": k[int(suffix.strip(" []")) - 1].doc_id}, c.sources)
+            n = attributed_source(c.question, a, k)
+            cited += n is not None and source_matches({"doc_id": k[n - 1].doc_id}, c.sources)
         results[name] = {"answer_accuracy": round(correct / len(cases), 3),
                          "attributed_citation_accuracy": round(cited / len(cases), 3),
                          "top_k": cfg["top_k"], "seconds": round(time.perf_counter() - started, 1)}

@@ -204,6 +204,6 @@ def test_attribute_citations_setting_adds_the_citation(monkeypatch):
     hits = [Hit("c1", "a.md", 0, "A", "a.md", "The batcher waits 5 milliseconds.", 0.9)]
     prompt = Prompt("text", [], hits, 10, "How long does the batcher wait?")
     monkeypatch.setenv("RAGSERVE_RAG_ATTRIBUTE_CITATIONS", "true")
-    assert RagTransformer(RagTransformerSettings()).cite(prompt, "5 milliseconds.") == "5 milliseconds. [1]"
+    assert RagTransformer(RagTransformerSettings()).citation(prompt, "5 milliseconds.") == " [1]"
     monkeypatch.delenv("RAGSERVE_RAG_ATTRIBUTE_CITATIONS")
-    assert RagTransformer(RagTransformerSettings()).cite(prompt, "5 milliseconds.") == "5 milliseconds."
+    assert RagTransformer(RagTransformerSettings()).citation(prompt, "5 milliseconds.") == ""

@@ -20,8 +20,13 @@ from .milvus_store import Hit
 from .rerank import content_words
 
 
-def supporting_source(question: str, answer: str, sources: Sequence[Hit]) -> int | None:
-    """1-based number of the source sharing most of the answer's new words; None when none shares any."""
+def attributed_source(question: str, answer: str, sources: Sequence[Hit]) -> int | None:
+    """1-based number of the source to cite for ``answer``: the one sharing most of its new words.
+
+    None when the answer cites already, or no source shares any of its new words.
+    """
+    if cited_numbers(answer):
+        return None
     new = content_words(answer) - content_words(question)
     best, number = 0, None
     for n, hit in enumerate(sources, 1):
@@ -32,8 +37,6 @@ def supporting_source(question: str, answer: str, sources: Sequence[Hit]) -> int
 
 
 def citation_suffix(question: str, answer: str, sources: Sequence[Hit]) -> str:
-    """`` [n]`` to append to ``answer``; empty when it cites already or no source supports it."""
-    if cited_numbers(answer):
-        return ""
-    n = supporting_source(question, answer, sources)
+    """`` [n]`` to append to ``answer`` (see :func:`attributed_source`); empty when there is none."""
+    n = attributed_source(question, answer, sources)
     return "" if n is None else f" [{n}]"

@@ -72,12 +72,12 @@ async def chat_completion(model: RagTransformer, request: ChatCompletionRequest,
         return _stream(model, plan, request, sources, rid, created)
     answer = await model.predict(plan)
     finish = "length" if answer.completion_tokens >= plan.parameters["max_tokens"] else "stop"
+    text = answer.texts[0] + model.citation(plan.prompts[0], answer.texts[0])
     return RagChatCompletionResponse(
         id=rid,
         created=created,
         model=model.name,
-        choices=[ChatChoice(index=0, message=AssistantMessage(content=model.cite(plan.prompts[0], answer.texts[0])),
-                            finish_reason=finish)],
+        choices=[ChatChoice(index=0, message=AssistantMessage(content=text), finish_reason=finish)],
         usage=CompletionUsage.of(answer.prompt_tokens, answer.completion_tokens),
         sources=sources,
     )
@@ -97,7 +97,7 @@ async def _stream(model: RagTransformer, plan, request, sources: list[dict], rid
                "sources": sources}
         if first is None:
             return
-        cite = _citing(model, plan)
+        cite = _citing(model, plan.prompts[0]) if model.settings.attribute_citations else (lambda event: event)
         yield {**cite(first), **head}
         async for event in upstream:
             yield {**cite(event), **head}
@@ -105,20 +105,19 @@ async def _stream(model: RagTransformer, plan, request, sources: list[dict], rid
         await upstream.aclose()
 
 
-def _citing(model: RagTransformer, plan):
-    """Passes chunk events through; the one that finishes the answer gets its citation (``attribute_citations``)."""
-    text = ""
+def _citing(model: RagTransformer, prompt):
+    """Passes chunk events through; the one that finishes the answer gets its citation."""
+    parts: list[str] = []
 
     def cite(event: dict) -> dict:
-        nonlocal text
         if not event.get("choices"):
             return event
         choice = event["choices"][0]
         content = choice["delta"].get("content") or ""
-        text += content
+        parts.append(content)
         if choice.get("finish_reason") is None:
             return event
-        suffix = model.cite(plan.prompts[0], text)[len(text):]
+        suffix = model.citation(prompt, "".join(parts))
         if not suffix:
             return event
         choice = {**choice, "delta": {**choice["delta"], "content": content + suffix}}

@@ -40,9 +40,9 @@ from ragserve.openai.completions import SamplingOptions
 from ragserve.settings import ServingSettings
 from ragserve.v2 import bytes_output, make_response, request_parameters, text_input
 
+from .attribution import citation_suffix
 from .clients import EmbeddingClient, GenerationClient, GrpcGenerationClient, trace_headers
 from .milvus_store import Hit, MilvusSettings, MilvusStore
-from .attribution import citation_suffix
 from .prompt import DEFAULT_SOURCE_TEMPLATE, DEFAULT_TEMPLATE, Prompt, PromptBuilder, check_source_template, check_template
 from .rerank import rerank
 
@@ -358,11 +358,11 @@ class RagTransformer(Model):
             prompts = [self.prompt.fit(q, h, budget, history) for q, h in zip(questions, hits)]
         return RagPlan(prompts, sampling, downstream, timings=timings)
 
-    def cite(self, prompt: Prompt, answer: str) -> str:
-        """``answer`` with the citation ``attribute_citations`` adds (unchanged when off)."""
+    def citation(self, prompt: Prompt, answer: str) -> str:
+        """What ``attribute_citations`` appends to ``answer`` (`` [n]``, or empty; always empty when off)."""
         if not self.settings.attribute_citations:
-            return answer
-        return answer + citation_suffix(prompt.question, answer, prompt.sources)
+            return ""
+        return citation_suffix(prompt.question, answer, prompt.sources)
 
     def sources(self, plan: RagPlan) -> list[dict]:
         n = self.settings.snippet_chars
@@ -393,7 +393,7 @@ class RagTransformer(Model):
     async def postprocess(self, answer: RagAnswer, headers=None, response_headers=None) -> InferResponse:
         plan = answer.plan
         outputs = [
-            bytes_output(OUTPUT_NAME, [self.cite(p, t) for p, t in zip(plan.prompts, answer.texts)]),
+            bytes_output(OUTPUT_NAME, [t + self.citation(p, t) for p, t in zip(plan.prompts, answer.texts)]),
             bytes_output(SOURCES_NAME, [json.dumps(s, ensure_ascii=False) for s in self.sources(plan)]),
         ]
         parameters = {
