@@ -9,8 +9,8 @@ counting are the same whichever way a client comes in.
 from __future__ import annotations
 
 import asyncio
-import time
 import logging
+import time
 from contextlib import aclosing
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Literal

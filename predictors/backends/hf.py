@@ -108,6 +108,9 @@ class TransformersBackend(GenerationBackend):
             path, self.device, model.dtype, self.max_model_len, s.max_batch_size, torch.get_num_threads(),
         )
 
+    async def warm_up(self) -> None:
+        """Nothing left to do on the serving loop: :meth:`load` ran a prefill and a decode step."""
+
     def _warm_up(self) -> None:
         # One prefill and one decode step: first-call allocations happen now,
         # not in the first request, and an unmergeable cache fails the load.
