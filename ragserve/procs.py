@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,10 +46,26 @@ def die_with_parent(argv: Sequence[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else list(argv)
 
 
+_issued_ports: set[int] = set()
+_issued_lock = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now that this process has not handed out before.
+
+    The kernel gives a closed ephemeral port out again (3,000 bind(0) calls here repeat
+    ~10 %), and a port handed out here is often bound only later, by a child started after
+    the next allocation: without the record, two children of ``ragserve up`` got one port.
+    """
+    with _issued_lock:
+        for _ in range(1000):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+            if port not in _issued_ports:
+                _issued_ports.add(port)
+                return port
+    raise OSError(f"no free port on {host} that this process has not handed out already")
 
 
 class ServerProcess:

@@ -83,3 +83,12 @@ def test_command_not_runnable_locally_is_a_clear_error(tmp_path):
     no_cmd["spec"]["predictor"]["containers"][0]["args"] = []
     with pytest.raises(ManifestError, match="no command"):
         plan([no_cmd], RevisionStore(tmp_path / "rev2.json"))
+
+
+def test_free_ports_are_never_handed_out_twice():
+    # The kernel gives closed ephemeral ports out again (~10 % repeats over 3,000 here); `ragserve
+    # up` allocates every child's ports before the children bind them, so a repeat meant two
+    # children on one port (a transformer's gRPC port on the embedder's HTTP port).
+    free = PortAllocator(0)
+    ports = [free() for _ in range(3000)]
+    assert len(set(ports)) == len(ports)
