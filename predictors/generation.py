@@ -160,7 +160,12 @@ class GenerationPredictor(Model):
         """Why this model cannot serve now (the engine died, ...), for readiness and 503s; None when it can."""
         if not self.ready:
             return "not loaded"
-        return self.backend.dead_reason
+        return self.dead_reason
+
+    @property
+    def dead_reason(self) -> str | None:
+        """Why the loaded engine can no longer serve (only a new process recovers); None while it can."""
+        return self.backend.dead_reason if self.ready and self.backend is not None else None
 
     async def healthy(self) -> bool:
         """KServe's model readiness: loaded, and the engine still running."""

@@ -261,6 +261,7 @@ class ModelServer:
                 raise RuntimeError(f"model {model.name!r} is not loaded; call load() before serving")
             self.repository.update(model)
         self.app = build_app(self.repository, settings, routers)
+        self.exit_code = 0
 
     async def serve(self) -> None:
         config = uvicorn.Config(
@@ -290,7 +291,11 @@ class ModelServer:
                     self.settings.http_port,
                     f" and grpc {self.settings.host}:{self.settings.grpc_port}" if grpc_server else "",
                 )
-                await rest.serve()
+                watchdog = asyncio.create_task(self._exit_when_an_engine_dies(rest))
+                try:
+                    await rest.serve()
+                finally:
+                    watchdog.cancel()
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
@@ -303,6 +308,25 @@ class ModelServer:
         rest.reraise_signals()
         for sig in interrupted:
             signal.raise_signal(sig)
+
+    async def _exit_when_an_engine_dies(self, rest: uvicorn.Server, interval_s: float = 1.0) -> None:
+        """Stop serving, with exit status 1, ``dead_engine_exit_s`` after a model's engine died.
+
+        A killed vLLM EngineCore or a crashed scheduler thread does not come back in
+        this process, and a server that stays live but never ready again is never
+        restarted. Until it exits it answers 503 naming the cause (readiness included).
+        """
+        while not rest.should_exit:
+            await asyncio.sleep(interval_s)
+            dead = {m.name: reason for m in self.models if (reason := getattr(m, "dead_reason", None))}
+            if dead:
+                causes = "; ".join(f"{name}: {reason}" for name, reason in dead.items())
+                logger.error("engine died (%s); exiting in %.0f s so the server is restarted",
+                             causes, self.settings.dead_engine_exit_s)
+                await asyncio.sleep(self.settings.dead_engine_exit_s)
+                self.exit_code = 1
+                rest.should_exit = True
+                return
 
     async def _warm_up(self) -> list[signal.Signals]:
         """Let models pay first-request costs on this loop before the server listens.
@@ -337,8 +361,10 @@ class ModelServer:
                 loop.remove_signal_handler(sig)
         return caught
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Serve until stopped; the exit status (1 when an engine died)."""
         asyncio.run(self.serve())
+        return self.exit_code
 
 
 class _DeferredSignalServer(uvicorn.Server):

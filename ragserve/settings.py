@@ -57,6 +57,10 @@ class ServingSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level for ragserve, KServe and uvicorn."""
 
+    dead_engine_exit_s: float = Field(5.0, ge=0)
+    """Seconds a server whose engine died keeps answering 503 (naming why) before it exits with
+    status 1, so Kubernetes or ``ragserve up`` restarts it: an engine does not come back in-process."""
+
 
 def _strtobool(value: str | bool) -> bool:
     if isinstance(value, bool):

@@ -62,8 +62,8 @@ def _is_engine_core(process: psutil.Process) -> bool:
 def test_killed_engine_is_not_ready_and_503_then_the_server_still_answers(generation_backend, tmp_path):
     if generation_backend != "vllm":
         pytest.skip("the transformers engine is a thread of the server, not a process to kill "
-                    "(test_stopped_transformers_engine_is_not_ready covers it in-process)")
-    served = start_generation_server(generation_backend, tmp_path)
+                    "(test_stopped_transformers_engine_is_not_ready and test_crashed_engine_answers_503… cover it)")
+    served = start_generation_server(generation_backend, tmp_path, "--dead-engine-exit-s", "20")
     try:
         base = served.http_url
         ok = httpx.post(f"{base}/v2/models/generator/generate", json={"text_input": "hi", "parameters": {"max_tokens": 2}})
@@ -90,6 +90,14 @@ def test_killed_engine_is_not_ready_and_503_then_the_server_still_answers(genera
                           json={"model": "generator", "messages": [{"role": "user", "content": "hi"}]})
         assert chat.status_code == 503 and "vLLM engine" in chat.json()["error"]["message"], chat.text
         assert served.process.alive
+
+        # then it exits, for Kubernetes or `ragserve up` to start a new engine, leaving no child behind
+        server = psutil.Process(served.process.proc.pid)
+        children = server.children(recursive=True)
+        assert served.process.proc.wait(timeout=60) == 1, served.process.log_tail()
+        assert "engine died (generator: the vLLM engine core died" in served.process.log_path.read_text()
+        gone, alive = psutil.wait_procs(children, timeout=15)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
     finally:
         served.process.stop()
 
@@ -199,3 +207,64 @@ def test_signal_while_warming_up_stops_the_engine(sig, tmp_path):
         assert f"interrupted by {sig.name} while warming up" in log
     finally:
         proc.kill()
+
+
+_CRASHING_SCHEDULER = """
+import logging, os, sys
+from ragserve.predictors.backends.hf import TransformersBackend
+from ragserve.predictors.generation import GenerationPredictor, GenerationSettings
+from ragserve.server import ModelServer
+
+class CrashingScheduler(TransformersBackend):
+    def _admit(self):
+        newcomers = super()._admit()
+        if os.path.exists(sys.argv[1]):  # the trigger: what was admitted stays queued, then the thread fails
+            for seq in newcomers or []:
+                self._inbox.put(seq)
+            raise RuntimeError("injected scheduler fault")
+        return newcomers
+
+settings = GenerationSettings(model="tiny-random-llama", backend="transformers", torch_threads=1,
+                              http_port=int(sys.argv[2]), enable_grpc=False, dead_engine_exit_s=3)
+logging.basicConfig(level=logging.INFO)
+model = GenerationPredictor(settings, CrashingScheduler(settings))
+model.load()
+sys.exit(ModelServer([model], settings).run())
+"""
+
+
+def test_crashed_engine_answers_503_then_the_server_exits_to_be_restarted(tmp_path):
+    """An engine does not come back in-process: 503s naming it, then exit 1 for Kubernetes / `ragserve up`."""
+    import subprocess
+    import sys
+
+    from ragserve.procs import free_port
+
+    trigger, port = tmp_path / "crash", free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-c", _CRASHING_SCHEDULER, str(trigger), str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/v2/health/ready").status_code == 200:
+                    break
+            time.sleep(0.2)
+        body = {"text_input": "hi", "parameters": {"max_tokens": 2}}
+        assert httpx.post(f"{base}/v2/models/generator/generate", json=body, timeout=30).status_code == 200
+
+        trigger.touch()
+        crashed = httpx.post(f"{base}/v2/models/generator/generate", json=body, timeout=30)  # answered, not hung
+        assert crashed.status_code == 503 and "transformers engine" in crashed.json()["error"], crashed.text
+        after = httpx.post(f"{base}/v2/models/generator/generate", json=body, timeout=30)
+        assert after.status_code == 503 and "exits to be restarted" in after.json()["error"], after.text
+        assert httpx.get(f"{base}/v2/health/ready").status_code == 503
+
+        log = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 1, log
+        assert "engine died (generator: the transformers engine's scheduler thread stopped" in log, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

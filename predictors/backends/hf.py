@@ -141,7 +141,7 @@ class TransformersBackend(GenerationBackend):
         if self._thread is None:
             return "the transformers engine is not running"
         if not self._thread.is_alive():
-            return "the transformers engine's scheduler thread stopped; restart the server"
+            return "the transformers engine's scheduler thread stopped; the server exits to be restarted"
         return None
 
     # -- the request side (event loop) -------------------------------------------
@@ -177,25 +177,31 @@ class TransformersBackend(GenerationBackend):
 
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
-        with torch.inference_mode():
-            while not self._stopping:
-                newcomers = self._admit()
-                if newcomers is None:
-                    break
-                try:
-                    self._iterate(newcomers)
-                except Exception as exc:  # a failed step fails its sequences, not the engine
-                    logger.exception("generation step failed")
-                    rows = dict.fromkeys((self._batch.rows if self._batch is not None else []) + newcomers)
-                    self._batch = None
-                    self._deliver([(s, exc) for s in rows])
-                GENERATION_ACTIVE.labels(*self._labels).set(self.active_sequences)
-        leftovers = list(self._batch.rows) if self._batch is not None else []
-        while not self._inbox.empty():
-            item = self._inbox.get()
-            leftovers += [item] if item is not _STOP else []
-        self._batch = None
-        self._deliver([(s, NotReady("model is shutting down")) for s in leftovers])
+        ending = NotReady("model is shutting down")
+        try:
+            with torch.inference_mode():
+                while not self._stopping:
+                    newcomers = self._admit()
+                    if newcomers is None:
+                        break
+                    try:
+                        self._iterate(newcomers)
+                    except Exception as exc:  # a failed step fails its sequences, not the engine
+                        logger.exception("generation step failed")
+                        rows = dict.fromkeys((self._batch.rows if self._batch is not None else []) + newcomers)
+                        self._batch = None
+                        self._deliver([(s, exc) for s in rows])
+                    GENERATION_ACTIVE.labels(*self._labels).set(self.active_sequences)
+        except Exception:  # the scheduler itself failed: the thread ends, and dead_reason says so
+            logger.exception("the transformers engine's scheduler thread crashed")
+            ending = NotReady("the transformers engine's scheduler thread crashed")
+        finally:  # nobody waits forever: what was running or queued gets an answer
+            leftovers = list(self._batch.rows) if self._batch is not None else []
+            while not self._inbox.empty():
+                item = self._inbox.get()
+                leftovers += [item] if item is not _STOP else []
+            self._batch = None
+            self._deliver([(s, ending) for s in leftovers])
 
     def _admit(self) -> list[_Sequence] | None:
         """Waiting sequences that fit in the batch; blocks only while nothing runs. None: stop."""

@@ -97,7 +97,7 @@ class VLLMBackend(GenerationBackend):
         if self._engine is None:
             return "the vLLM engine is not running"
         if self._engine.errored:
-            return "the vLLM engine core died; restart the server"
+            return "the vLLM engine core died; the server exits to be restarted"
         return None
 
     @property

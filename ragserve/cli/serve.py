@@ -62,10 +62,9 @@ def run(args) -> int:
     module_name, _, factory = COMPONENTS[args.component]
     try:
         server = getattr(importlib.import_module(module_name), factory)(settings)
-        server.run()  # stops its models, then re-raises the signal that ended it
+        return server.run()  # stops its models, then re-raises the signal that ended it
     except KeyboardInterrupt:  # Ctrl-C / SIGINT: everything is stopped, no traceback
         return 128 + signal.SIGINT
-    return 0
 
 
 def _exit_on_signal(signum, frame) -> None:
