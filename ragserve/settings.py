@@ -97,6 +97,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[BaseSettin
         flags = [f"--{name.replace('_', '-')}"]
         if "_" in name:
             flags.append(f"--{name}")
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("cli_short"):
+            flags.insert(0, field.json_schema_extra["cli_short"])  # kubectl's -n, for one
         help_text = (field.description or "").strip()
         default = field.default
         help_text += f" [env {env_name(cls, name)}; default {default!r}]"

@@ -399,6 +399,12 @@ def test_missing_inferenceservice(capsys, kubeconfig):
     assert err == 'ragserve canary: error: inferenceservice "ghost" not found in namespace "ml"\n'
 
 
+def test_namespace_flag_as_kubectl_spells_it(capsys, kubeconfig):
+    for flag in ("-n", "--namespace"):
+        code, _, err = ragserve(capsys, kubeconfig, "status", "rag-embedder", flag, "other")
+        assert code == 1 and err == 'ragserve canary: error: inferenceservice "rag-embedder" not found in namespace "other"\n'
+
+
 def test_rbac_denial_names_verb_and_resource(capsys, kubeconfig, kube):
     kube.forbidden.add(("patch", "rag-embedder"))
     code, _, err = ragserve(capsys, kubeconfig, "promote", "rag-embedder")

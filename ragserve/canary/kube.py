@@ -40,7 +40,7 @@ class ClusterSettings(BaseSettings):
     context: str = ""
     """Kubeconfig context; empty: the current context."""
 
-    namespace: str = ""
+    namespace: str = Field("", json_schema_extra={"cli_short": "-n"})
     """Namespace of the InferenceService; empty: the context's namespace, else "default"."""
 
     request_timeout: float = Field(30.0, gt=0)
