@@ -55,6 +55,13 @@ VARIANTS = {
     "worked_example_one_source": dict(top_k=1, template=EXAMPLE + "Text:\n{sources}\n\nQuestion: {question}\nAnswer:"),
     "exact_words_system": dict(system="Answer the question with the exact words from the text. Be brief."),
     "no_system": dict(system=""),
+    # an extractive answer: the 135M model copies a sentence more reliably than it states a fact
+    "quote_sentence": dict(system="Copy the one sentence from the text that answers the question, word for word."),
+    "quote_sentence_one_source": dict(top_k=1, system="Copy the one sentence from the text that answers the "
+                                                      "question, word for word."),
+    # decoding, not prompt: every token of the prompt's sources gets +copy_bias on its logit
+    "copy_bias_2": dict(copy_bias=2.0),
+    "copy_bias_4": dict(copy_bias=4.0),
 }
 
 
@@ -82,6 +89,27 @@ def candidates(cases) -> list[list]:
         out.append([Hit(rows[i]["id"], rows[i]["doc_id"], rows[i]["chunk_index"], rows[i]["title"], rows[i]["uri"],
                         rows[i]["text"], float(scores[i])) for i in np.argsort(-scores)[:fetch]])
     return out
+
+
+def copy_bias(tokenizer, sources: list[list], bias: float):
+    """A logits processor adding ``bias`` to every token of each row's sources (and to end of turn)."""
+    from transformers import LogitsProcessor
+
+    rows = []
+    for hits in sources:
+        ids = {tokenizer.eos_token_id}
+        for hit in hits:  # a word mid-sentence tokenizes with its leading space
+            ids.update(tokenizer(hit.text, add_special_tokens=False)["input_ids"])
+            ids.update(tokenizer(" " + hit.text, add_special_tokens=False)["input_ids"])
+        rows.append(torch.tensor(sorted(ids)))
+
+    class CopyBias(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            for row, ids in enumerate(rows):
+                scores[row, ids] += bias
+            return scores
+
+    return [CopyBias()]
 
 
 def main() -> None:
@@ -120,9 +148,11 @@ def main() -> None:
         started, answers = time.perf_counter(), []
         for i in range(0, len(prompts), 6):
             batch = tokenizer(prompts[i:i + 6], return_tensors="pt", padding=True, add_special_tokens=False)
+            bias = copy_bias(tokenizer, kept[i:i + 6], cfg["copy_bias"]) if cfg.get("copy_bias") else None
             with torch.inference_mode():
                 out = model.generate(**batch, max_new_tokens=args.max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+                                     pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                                     logits_processor=bias)
             answers += [a.strip() for a in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
         correct = sum(contains_fact(a, c.answers) for a, c in zip(answers, cases))
         cited = 0
@@ -131,7 +161,8 @@ def main() -> None:
             cited += n is not None and source_matches({"doc_id": k[n - 1].doc_id}, c.sources)
         results[name] = {"answer_accuracy": round(correct / len(cases), 3),
                          "attributed_citation_accuracy": round(cited / len(cases), 3),
-                         "top_k": cfg["top_k"], "seconds": round(time.perf_counter() - started, 1)}
+                         "top_k": cfg["top_k"], **({"copy_bias": cfg["copy_bias"]} if cfg.get("copy_bias") else {}),
+                         "seconds": round(time.perf_counter() - started, 1)}
         print(f"{name:28s} answer accuracy {correct / len(cases):.3f}  attributed citations {cited / len(cases):.3f}", flush=True)
     save({"benchmark": "rag_prompts", "model": PACKAGED_GENERATION, "n_questions": len(cases), "decoding": "greedy",
           "variants": results}, args.output)
