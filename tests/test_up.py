@@ -205,3 +205,68 @@ def test_local_canary_splits_traffic_and_promotes(tmp_path):
         assert up.proc.wait(30) == 0
     finally:
         up.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["Knative", "Standard"])
+def test_canary_started_by_patch_runs_the_new_revision(tmp_path, mode):
+    """`ragserve canary start` against `ragserve up`: the patched spec runs as the next revision."""
+    manifest = (FIXTURES / "embedder.yaml").read_text()
+    if mode == "Standard":
+        manifest = manifest.replace("  name: embedder\n", "  name: embedder\n  annotations:\n"
+                                    "    serving.kserve.io/deploymentMode: Standard\n")
+    (tmp_path / "embedder.yaml").write_text(manifest)
+    up = Up(tmp_path, "--path", str(tmp_path / "embedder.yaml"), timeout=300)
+    try:
+        url = up.endpoints["embedder"]
+        body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["canary"]}]}
+
+        def norms(n: int) -> dict[str, set[float]]:
+            seen: dict[str, set[float]] = {}
+            with httpx.Client(timeout=60) as client:
+                for _ in range(n):
+                    r = client.post(f"{url}/v2/models/embedder/infer", json=body)
+                    assert r.status_code == 200, r.text
+                    vector = r.json()["outputs"][0]["data"]
+                    seen.setdefault(r.headers["x-ragserve-revision"], set()).add(
+                        round(sum(v * v for v in vector) ** 0.5, 3))
+            return seen
+
+        def status() -> str:
+            return _canary(up.state_dir, "status", "embedder").stdout
+
+        started = _canary(up.state_dir, "start", "embedder", "--env", "RAGSERVE_EMBEDDING_NORMALIZE=false",
+                          "--percent", "50")
+        assert started.returncode == 0, started.stderr
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "embedder-predictor-00002" not in norms(4):
+            time.sleep(0.5)
+        seen = norms(60)
+        assert set(seen) == {"embedder-predictor-00001", "embedder-predictor-00002"}, seen
+        assert seen["embedder-predictor-00001"] == {1.0}  # the stable revision normalizes
+        assert seen["embedder-predictor-00002"] != {1.0}  # the canary runs the patched env
+        assert "embedder-predictor-00002" in status()
+
+        promoted = _canary(up.state_dir, "promote", "embedder")
+        assert promoted.returncode == 0, promoted.stderr
+        assert set(norms(10)) == {"embedder-predictor-00002"}
+        assert [c["name"] for c in up.state()["children"]] == ["embedder-predictor-00002"]
+
+        # a revision that cannot start is reported, and the stable one keeps every request
+        bad = _canary(up.state_dir, "start", "embedder", "--env", "RAGSERVE_EMBEDDING_MODEL=/nonexistent/model",
+                      "--percent", "50")
+        assert bad.returncode == 0, bad.stderr
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "did not become ready" not in status():
+            time.sleep(0.5)
+        assert "embedder-predictor-00003 did not become ready" in status(), status()
+        if mode == "Knative":
+            assert "latestCreatedRevision=embedder-predictor-00003" in status()
+        assert set(norms(10)) == {"embedder-predictor-00002"}
+        assert [c["name"] for c in up.state()["children"]] == ["embedder-predictor-00002"]
+        rolled_back = _canary(up.state_dir, "rollback", "embedder")
+        assert rolled_back.returncode == 0, rolled_back.stderr
+        assert "embedder-predictor-00003" not in {c["name"] for c in up.state()["children"]}  # not retried
+        assert set(norms(10)) == {"embedder-predictor-00002"}
+    finally:
+        up.stop()

@@ -191,6 +191,7 @@ class Planner:
         self.plan = Plan()
 
     def build(self, milvus_uri: str, has_gpu: bool) -> Plan:
+        self.milvus_uri = milvus_uri
         isvcs = [o for o in self.objects if o.get("kind") == "InferenceService"]
         if not isvcs:
             raise ManifestError("the bundle has no InferenceService to run")
@@ -238,6 +239,12 @@ class Planner:
             if canary_spec is not None:
                 canary = self._process(isvc, role, canary_spec, f"{name}-{role}-{gen + 1:05d}")
             self.plan.routes.append(Route(name, role, port, stable, canary, percent if canary else 0))
+
+    def revision(self, isvc: dict, role: str, comp: dict, revision: str) -> Process:
+        """The process of a revision that arrives after :meth:`build` (a canary patched in), wired like the rest."""
+        proc = self._process(isvc, role, comp, revision)
+        self._localize(proc, self.milvus_uri)
+        return proc
 
     def _rolled_out(self, key: str, spec: dict) -> int:
         """The generation of ``spec``: the recorded one, or the next one (recorded now)."""

@@ -5,7 +5,7 @@ local Milvus engine (unless a URI is given; :mod:`ragserve.pipelines.milvus_engi
 the collection is empty, then the transformers; each component is reached
 through its local ingress (:mod:`.ingress`), the graph through KServe's router
 semantics (:mod:`ragserve.graph`), revisions through the control endpoint
-(:mod:`.control`). Everything listens on 127.0.0.1. Ctrl-C (or ``ragserve
+(:mod:`.control`) and what it does with a patch (:mod:`.controller`). Everything listens on 127.0.0.1. Ctrl-C (or ``ragserve
 down``) stops every child; a child that dies is restarted with backoff.
 """
 
@@ -27,13 +27,13 @@ import uvicorn
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..manifests.bundle import deployment_mode
 from ..manifests.problem import ManifestError
 from ..manifests.render import render
 from ..procs import ServerProcess
 from .control import build_control_app, kubeconfig
+from .controller import RevisionController
 from .ingress import ComponentIngress, Revision
-from .plan import Plan, Planner, PortAllocator, Process, RevisionStore, spec_hash
+from .plan import Plan, Planner, PortAllocator, Process, RevisionStore
 from .state import STATE_FILE
 from .supervisor import Child, Supervisor, http_ready
 
@@ -111,7 +111,7 @@ class LocalRunner:
     def __init__(self, settings: UpSettings):
         self.settings = settings
         self.state_dir = Path(settings.state_dir).resolve()
-        self.supervisor = Supervisor(ready_timeout_s=settings.ready_timeout_s, on_restart=lambda _: self._write_state())
+        self.supervisor = Supervisor(ready_timeout_s=settings.ready_timeout_s, on_restart=lambda _: self.write_state())
         # base: graph, control, Milvus; base+3..: one per component (the addresses in the
         # endpoint table); base+100..: the processes behind them
         base = settings.base_port
@@ -126,6 +126,8 @@ class LocalRunner:
         self.ingest_env: dict[str, str] = {}
         self.plan: Plan | None = None
         self.objects: dict[str, dict] = {}  # isvc name -> object as patched through the control endpoint
+        self.planner: Planner | None = None
+        self.controller = RevisionController(self)
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
 
     # -- planning ------------------------------------------------------------
@@ -180,11 +182,17 @@ class LocalRunner:
                 raise OSError(f"{name}: server stopped before it started (port {port} in use?)")
             await asyncio.sleep(0.02)
 
-    async def _start_revision(self, proc: Process) -> None:
+    async def start_revision(self, proc: Process) -> None:
         child = self.supervisor.add(self._process_child(proc))
         self.children[proc.revision] = child
         seconds = await self.supervisor.start(child)
         logger.info("%-28s ready in %5.1fs  %s", proc.revision, seconds, proc.url)
+
+    def stop_revision(self, revision: str) -> None:
+        child = self.children.pop(revision, None)
+        if child is not None:
+            self.supervisor.remove(child)
+        self.write_state()
 
     def _ingest_env(self, plan: Plan, milvus_uri: str) -> dict[str, str]:
         """What an ingestion into this graph runs with: the transformer's env, pointed at the local
@@ -219,10 +227,11 @@ class LocalRunner:
         if not milvus_uri and needs_milvus:
             milvus = self._milvus_child(self.milvus_engine(objects), milvus_port)
             milvus_uri = milvus.info["url"]
-        plan = Planner(
+        self.planner = Planner(
             objects, ports=self.process_ports, route_ports=self.route_ports, store=self.store,
             namespace=self.settings.namespace,
-        ).build(milvus_uri, has_gpu())
+        )
+        plan = self.planner.build(milvus_uri, has_gpu())
         self.plan = plan
         for warning in plan.warnings:
             logger.warning("%s", warning)
@@ -245,13 +254,13 @@ class LocalRunner:
             self.endpoints.append(("milvus", milvus.info["engine"], milvus_uri))
         procs = plan.processes()
         for proc in [p for p in procs if p.role == "predictor"]:
-            await self._start_revision(proc)
+            await self.start_revision(proc)
         if needs_milvus:
             self.ingest_env = self._ingest_env(plan, milvus_uri)
             if self.settings.ingest:
                 await self._ingest_if_empty(self.ingest_env, milvus_uri)
         for proc in [p for p in procs if p.role != "predictor"]:
-            await self._start_revision(proc)
+            await self.start_revision(proc)
 
         for name in plan.isvcs:
             entry = plan.entry(name)
@@ -260,12 +269,12 @@ class LocalRunner:
             port = graph_port if i == 0 else self.process_ports()
             await self._serve(f"graph {graph['metadata']['name']}", self._graph_app(graph), port)
             self.endpoints.insert(i, ("graph", graph["metadata"]["name"], f"http://127.0.0.1:{port}"))
-        control = build_control_app(self.settings.namespace, self.get_isvc, lambda: list(self.objects),
-                                    self.apply_isvc, self.revision_stats)
+        control = build_control_app(self.settings.namespace, self.controller.get, lambda: list(self.objects),
+                                    self.controller.apply, self.controller.revision_stats)
         await self._serve("control", control, control_port)
         (self.state_dir / "kubeconfig").write_text(kubeconfig(f"http://127.0.0.1:{control_port}", self.settings.namespace))
         self.endpoints.append(("control", "kubeconfig", str(self.state_dir / "kubeconfig")))
-        self._write_state()
+        self.write_state()
 
     def _graph_app(self, graph: dict):
         from ..graph.app import GraphSettings, create_app
@@ -283,101 +292,8 @@ class LocalRunner:
             "(?i)^x-request-id$", "(?i)^traceparent$", "(?i)^tracestate$", "(?i)^authorization$"])
         return create_app(settings, client=self.client)
 
-    # -- control endpoint ------------------------------------------------------
-    def get_isvc(self, name: str) -> dict | None:
-        obj = self.objects.get(name)
-        if obj is None:
-            return None
-        out = json.loads(json.dumps(obj))
-        components = {}
-        for role in ("predictor", "transformer"):
-            route = self.plan.route(name, role)
-            if route is None:
-                continue
-            ingress = self.ingresses[route.name]
-            stable = ingress.stable.name
-            components[role] = {
-                "url": route.url,
-                "traffic": ingress.traffic(),
-                "latestCreatedRevision": ingress.canary.name if ingress.canary else stable,
-                "latestReadyRevision": ingress.canary.name if ingress.canary else stable,
-                "latestRolledoutRevision": stable,
-            }
-            if ingress.canary:
-                components[role]["previousRolledoutRevision"] = stable
-        status = {
-            "url": self.plan.entry(name).url,
-            "address": {"url": self.plan.entry(name).url},
-            "components": components,
-            "conditions": [{"type": "Ready", "status": "True"}],
-            # KServe reports Knative mode as "Serverless"
-            "deploymentMode": "Serverless" if deployment_mode(obj) == "Knative" else deployment_mode(obj),
-        }
-        predictor = self.ingresses.get(f"{name}-predictor")
-        if predictor and predictor.canary and (obj.get("spec") or {}).get("canary"):
-            status["canaryStatuses"] = [{"name": predictor.canary.name, "trafficPercent": predictor.canary_percent,
-                                         "ready": True}]
-        out["status"] = status
-        return out
-
-    def apply_isvc(self, name: str, new: dict) -> None:
-        """Reconcile a patched InferenceService: traffic split, promotion, rollback."""
-        old = self.objects[name]
-        ingress = self.ingresses[f"{name}-predictor"]
-        spec, old_spec = new.get("spec") or {}, old.get("spec") or {}
-        predictor = spec.get("predictor") or {}
-        key = f"{name}/predictor"
-        if old_spec.get("canary") or spec.get("canary"):  # Standard mode
-            canaries = spec.get("canary") or []
-            if canaries:
-                percent = int(canaries[0].get("trafficPercent", 0))
-                if not 0 <= percent <= 100:
-                    raise ValueError(f"spec.canary[0].trafficPercent: {percent} is not 0-100")
-                ingress.set_split(ingress.canary, percent)
-            elif ingress.canary is not None:
-                # promote carries the canary's changes into spec.predictor (and keeps the stable's own
-                # scheduling and autoscaling); rollback leaves spec.predictor as it was
-                promoted = spec_hash(predictor) != spec_hash(old_spec.get("predictor") or {})
-                self._retire(ingress, promote=promoted, key=key, spec=predictor)
-        else:  # Knative mode
-            if "canaryTrafficPercent" in predictor:
-                percent = int(predictor["canaryTrafficPercent"])
-                if not 0 <= percent <= 100:
-                    raise ValueError(f"spec.predictor.canaryTrafficPercent: {percent} is not 0-100")
-                ingress.set_split(ingress.canary, percent)
-            elif ingress.canary is not None:
-                self._retire(ingress, promote=True, key=key,
-                             spec={k: v for k, v in predictor.items() if k != "canaryTrafficPercent"})
-        meta = new.setdefault("metadata", {})
-        meta["resourceVersion"] = str(int(old["metadata"]["resourceVersion"]) + 1)
-        meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
-        self.objects[name] = new
-
-    def _retire(self, ingress: ComponentIngress, *, promote: bool, key: str, spec: dict) -> None:
-        """Promotion: the canary becomes stable and the old stable stops. Rollback: the canary stops."""
-        canary, stable = ingress.canary, ingress.stable
-        leaving = stable if promote else canary
-        if promote:
-            ingress.stable = canary
-            self.store.record(key, spec, int(canary.name.rsplit("-", 1)[1]))
-        ingress.set_split(None, 0)
-        child = self.children.pop(leaving.name, None)
-        if child is not None:
-            self.supervisor.remove(child)
-        logger.info("%s: %s %s", ingress.name, "promoted" if promote else "rolled back", canary.name)
-        self._write_state()
-
-    def revision_stats(self) -> dict:
-        return {
-            name: [
-                {"revision": r.name, "requests": r.stats.requests, "errors": r.stats.errors, "p95_s": r.stats.p95_s()}
-                for r in (ing.stable, ing.canary) if r is not None
-            ]
-            for name, ing in self.ingresses.items()
-        }
-
     # -- state -------------------------------------------------------------------
-    def _write_state(self) -> None:
+    def write_state(self) -> None:
         state = {
             "pid": os.getpid(),
             "started": time.time(),
