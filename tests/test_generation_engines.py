@@ -235,22 +235,16 @@ sys.exit(ModelServer([model], settings).run())
 
 def test_crashed_engine_answers_503_then_the_server_exits_to_be_restarted(tmp_path):
     """An engine does not come back in-process: 503s naming it, then exit 1 for Kubernetes / `ragserve up`."""
-    import subprocess
     import sys
 
-    from ragserve.procs import free_port
+    from ragserve.procs import ServerProcess, free_port
 
     trigger, port = tmp_path / "crash", free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-c", _CRASHING_SCHEDULER, str(trigger), str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    served = ServerProcess([sys.executable, "-c", _CRASHING_SCHEDULER, str(trigger), str(port)],
+                           ready_url=f"{base}/v2/health/ready", log_path=tmp_path / "server.log", name="generation")
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/v2/health/ready").status_code == 200:
-                    break
-            time.sleep(0.2)
+        served.start().wait_ready(timeout=120)
         body = {"text_input": "hi", "parameters": {"max_tokens": 2}}
         assert httpx.post(f"{base}/v2/models/generator/generate", json=body, timeout=30).status_code == 200
 
@@ -261,10 +255,8 @@ def test_crashed_engine_answers_503_then_the_server_exits_to_be_restarted(tmp_pa
         assert after.status_code == 503 and "exits to be restarted" in after.json()["error"], after.text
         assert httpx.get(f"{base}/v2/health/ready").status_code == 503
 
-        log = proc.communicate(timeout=60)[0]
-        assert proc.returncode == 1, log
+        assert served.proc.wait(timeout=60) == 1, served.log_tail()
+        log = served.log_path.read_text()
         assert "engine died (generator: the transformers engine's scheduler thread stopped" in log, log
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        served.stop()
