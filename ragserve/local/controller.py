@@ -34,8 +34,8 @@ class RevisionController:
     def __init__(self, runner: LocalRunner):
         self.runner = runner
         self.starting: dict[str, tuple[str, asyncio.Task]] = {}  # ingress -> (revision, its start task)
-        self.failed: dict[str, tuple[str, str]] = {}  # ingress -> (revision, why it did not start)
-        self.tried: dict[str, str] = {}  # ingress -> spec hash of its last new revision (one revision per spec)
+        # ingress -> (revision, why it did not start, its spec's hash: the same spec is not started again)
+        self.failed: dict[str, tuple[str, str, str]] = {}
 
     # -- read --------------------------------------------------------------------
     def get(self, name: str) -> dict | None:
@@ -63,13 +63,13 @@ class RevisionController:
             }
             if ingress.canary:
                 components[role]["previousRolledoutRevision"] = stable
-        failed = self.failed.get(f"{name}-predictor")
+        failed, starting = self.failed.get(f"{name}-predictor"), self.starting.get(f"{name}-predictor")
         ready = {"type": "Ready", "status": "True"}
         if failed:
             ready = {"type": "Ready", "status": "False", "reason": "RevisionFailed", "message": failed[1]}
-        elif f"{name}-predictor" in self.starting:
+        elif starting:
             ready = {"type": "Ready", "status": "Unknown", "reason": "RevisionStarting",
-                     "message": f"{self.starting[f'{name}-predictor'][0]} is starting"}
+                     "message": f"{starting[0]} is starting"}
         status = {
             "url": r.plan.entry(name).url,
             "address": {"url": r.plan.entry(name).url},
@@ -105,33 +105,23 @@ class RevisionController:
         spec, old_spec = new.get("spec") or {}, old.get("spec") or {}
         predictor = spec.get("predictor") or {}
         key = f"{name}/predictor"
-        starting = ingress.name in self.starting
-        if old_spec.get("canary") or spec.get("canary"):  # Standard mode
-            canaries = spec.get("canary") or []
-            if canaries:
-                percent = _percent(canaries[0].get("trafficPercent", 0), "spec.canary[0].trafficPercent")
-                if ingress.canary is None and not starting and self._untried(ingress, canaries[0].get("predictor") or {}):
-                    self._start(new, ingress, canaries[0].get("predictor") or {})
-                else:
-                    ingress.set_split(ingress.canary, percent)
-            elif ingress.canary is not None or starting:
-                # promote carries the canary's changes into spec.predictor (and keeps the stable's own
-                # scheduling and autoscaling); rollback leaves spec.predictor as it was
-                promoted = spec_hash(predictor) != spec_hash(old_spec.get("predictor") or {})
-                self._end(ingress, promote=promoted, key=key, spec=predictor)
-        else:  # Knative mode
-            current = {k: v for k, v in predictor.items() if k != "canaryTrafficPercent"}
+        standard = bool(old_spec.get("canary") or spec.get("canary"))
+        wanted = _wanted_canary(spec, standard)
+        if wanted is not None:
+            comp, percent = wanted
+            # Standard mode names its canary; in Knative mode it is a spec other than the last rolled out
             recorded = r.store.get(key)
-            if "canaryTrafficPercent" in predictor:
-                percent = _percent(predictor["canaryTrafficPercent"], "spec.predictor.canaryTrafficPercent")
-                changed = recorded is not None and recorded["hash"] != spec_hash(current)
-                if ingress.canary is None and not starting and changed and self._untried(ingress, current):
-                    self._start(new, ingress, current)
-                else:
-                    ingress.set_split(ingress.canary, percent)
-            elif ingress.canary is not None or starting:
-                self._end(ingress, promote=True, key=key, spec=current)
-        if not (spec.get("canary") or "canaryTrafficPercent" in predictor):
+            fresh = standard or (recorded is not None and recorded["hash"] != spec_hash(comp))
+            if ingress.canary is None and ingress.name not in self.starting and fresh and self._untried(ingress, comp):
+                self._start(new, ingress, comp)
+            else:
+                ingress.set_split(ingress.canary, percent)
+        else:
+            if ingress.canary is not None or ingress.name in self.starting:
+                # Standard mode: promote carries the canary's changes into spec.predictor (and keeps the
+                # stable's own scheduling and autoscaling); rollback leaves spec.predictor as it was
+                promoted = not standard or spec_hash(predictor) != spec_hash(old_spec.get("predictor") or {})
+                self._end(ingress, promote=promoted, key=key, spec=predictor)
             self.failed.pop(ingress.name, None)  # the canary is over: so is its failure
         meta = new.setdefault("metadata", {})
         meta["resourceVersion"] = str(int(old["metadata"]["resourceVersion"]) + 1)
@@ -140,7 +130,8 @@ class RevisionController:
 
     def _untried(self, ingress: ComponentIngress, comp: dict) -> bool:
         """A spec whose revision failed is not started again by the next patch (a rollback to 0 %, say)."""
-        return not (ingress.name in self.failed and self.tried.get(ingress.name) == spec_hash(comp))
+        failed = self.failed.get(ingress.name)
+        return failed is None or failed[2] != spec_hash(comp)
 
     def _start(self, isvc: dict, ingress: ComponentIngress, comp: dict) -> None:
         """Plan the next revision now (a bad spec is refused), start it in the background."""
@@ -151,18 +142,19 @@ class RevisionController:
         except ManifestError as exc:
             raise ValueError(str(exc)) from None
         self.failed.pop(ingress.name, None)
-        self.tried[ingress.name] = spec_hash(comp)
-        task = asyncio.get_running_loop().create_task(self._roll_out(ingress, proc), name=f"start {revision}")
+        task = asyncio.get_running_loop().create_task(self._roll_out(ingress, proc, spec_hash(comp)),
+                                                      name=f"start {revision}")
         self.starting[ingress.name] = (revision, task)
         logger.info("%s: starting %s for the canary", ingress.name, revision)
 
-    async def _roll_out(self, ingress: ComponentIngress, proc) -> None:
+    async def _roll_out(self, ingress: ComponentIngress, proc, spec_key: str) -> None:
         r = self.runner
         try:
             await r.start_revision(proc)
         except Exception as exc:  # reported in the status; the stable revision keeps serving
             logger.error("%s: %s did not become ready: %s", ingress.name, proc.revision, exc)
-            self.failed[ingress.name] = (proc.revision, f"{proc.revision} did not become ready: {str(exc).splitlines()[0]}")
+            why = f"{proc.revision} did not become ready: {str(exc).splitlines()[0]}"
+            self.failed[ingress.name] = (proc.revision, why, spec_key)
             r.stop_revision(proc.revision)
             return
         finally:
@@ -174,9 +166,8 @@ class RevisionController:
     def _wanted_percent(self, ingress: ComponentIngress) -> int:
         """The canary's share in the object now (patches may have moved it while the revision started)."""
         spec = self.runner.objects[ingress.name.removesuffix("-predictor")].get("spec") or {}
-        if spec.get("canary"):
-            return int(spec["canary"][0].get("trafficPercent", 0))
-        return int((spec.get("predictor") or {}).get("canaryTrafficPercent") or 0)
+        wanted = _wanted_canary(spec, standard=bool(spec.get("canary")))
+        return wanted[1] if wanted else 0
 
     def _end(self, ingress: ComponentIngress, *, promote: bool, key: str, spec: dict) -> None:
         """Promotion: the canary becomes stable and the old stable stops. Rollback: the canary stops."""
@@ -196,9 +187,23 @@ class RevisionController:
             ingress.stable = canary
             self.runner.store.record(key, spec, int(canary.name.rsplit("-", 1)[1]))
         ingress.set_split(None, 0)
-        self.runner.stop_revision(leaving.name)
         logger.info("%s: %s %s", ingress.name, "promoted" if promote else "rolled back", canary.name)
-        self.runner.write_state()
+        self.runner.stop_revision(leaving.name)  # records the state
+
+
+def _wanted_canary(spec: dict, standard: bool) -> tuple[dict, int] | None:
+    """The canary ``spec`` asks for (its predictor spec and share of traffic); None when none."""
+    if standard:
+        entries = spec.get("canary") or []
+        if not entries:
+            return None
+        return entries[0].get("predictor") or {}, _percent(entries[0].get("trafficPercent", 0),
+                                                            "spec.canary[0].trafficPercent")
+    predictor = spec.get("predictor") or {}
+    if "canaryTrafficPercent" not in predictor:
+        return None
+    return ({k: v for k, v in predictor.items() if k != "canaryTrafficPercent"},
+            _percent(predictor["canaryTrafficPercent"], "spec.predictor.canaryTrafficPercent"))
 
 
 def _percent(value, field: str) -> int:
